@@ -1,0 +1,123 @@
+"""Command line: one subcommand per stage, each a thin call into a stage function.
+
+    specialize run [CONFIG]        the main job (default: the bundled space-QA example)
+    specialize check [CONFIG]      validate config and data (splits, leakage, chat format)
+    specialize card RUN_DIR        rewrite MODEL_CARD.md from a run's files
+    specialize config-docs         every config field with its type, default and meaning
+
+Bad input ends with one line on stderr naming the file, line or field, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from specialize.errors import SpecializeError
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "space" / "config.yaml"
+
+
+def default_config() -> Path:
+    for candidate in (EXAMPLE, Path.cwd() / "examples" / "space" / "config.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise SpecializeError("no config given and the bundled example config was not found",
+                          path=EXAMPLE)
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SpecializeError(f"--set needs KEY=VALUE, got '{pair}'", field="--set")
+        key, value = pair.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from specialize.config import load_config
+    from specialize.pipeline import run
+
+    cfg = load_config(args.config or default_config(), _overrides(args.set))
+    run_dir = run(cfg, force=args.force, progress=not args.no_progress)
+    print(run_dir)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from specialize.config import load_config
+    from specialize.models.load import load_tokenizer, resolve
+    from specialize.pipeline import _data_stats, prepare_data
+
+    cfg = load_config(args.config or default_config(), _overrides(args.set))
+    tokenizer = load_tokenizer(resolve(cfg.model.base, cfg._base_dir))
+    stats = _data_stats(prepare_data(cfg, tokenizer), cfg)
+    print(yaml.safe_dump({k: stats[k] for k in ("records", "splits", "leakage", "tokens",
+                                                "overlength")}, sort_keys=False).strip())
+    return 0
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    from specialize.report.card import write_card
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise SpecializeError("not a run directory (no config.yaml)", path=run_dir)
+    print(write_card(run_dir))
+    return 0
+
+
+def cmd_config_docs(args: argparse.Namespace) -> int:
+    from specialize.config import config_docs
+
+    print(config_docs())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="specialize", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, fn, helptext in (
+        ("run", cmd_run, "run every stage of a config"),
+        ("check", cmd_check, "validate a config and its data without training"),
+    ):
+        sp = sub.add_parser(name, help=helptext)
+        sp.add_argument("config", nargs="?", help="YAML config (default: bundled example)")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set train.max_steps=10")
+        sp.set_defaults(fn=fn)
+        if name == "run":
+            sp.add_argument("--force", action="store_true",
+                            help="replace an existing run directory of the same name")
+            sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sp = sub.add_parser("card", help="rewrite MODEL_CARD.md from a run directory")
+    sp.add_argument("run_dir")
+    sp.set_defaults(fn=cmd_card)
+    sp = sub.add_parser("config-docs", help="list every config field")
+    sp.set_defaults(fn=cmd_config_docs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="specialize: %(message)s", stream=sys.stderr)
+    logging.getLogger("specialize").setLevel(logging.INFO)
+    try:
+        return args.fn(args)
+    except SpecializeError as e:
+        print(f"specialize: error: {e.one_line()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("specialize: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

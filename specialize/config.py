@@ -1,0 +1,373 @@
+"""The whole run in one typed config (one YAML file).
+
+Every field has a type, a default and a one-line description; ``specialize config-docs`` prints
+them. Unknown or misspelt keys are rejected with the nearest valid name and the YAML line, and
+options that cannot work together are rejected here, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from specialize.errors import SpecializeError
+
+SplitName = Literal["train", "validation", "test"]
+
+
+class Section(BaseModel):
+    """Base for config sections: unknown keys are errors, every field is documented."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    base: str = Field(
+        "bundled:smollm2-135m-instruct",
+        description="Base model: 'bundled:NAME', a local Hugging Face folder, or a .gguf file.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weight and compute dtype for training and evaluation."
+    )
+
+
+class ChatConfig(Section):
+    format: Literal["template", "chatml", "harmony"] = Field(
+        "template",
+        description="How conversations become tokens: the tokenizer's own template, ChatML, "
+        "or harmony (gpt-oss).",
+    )
+    max_seq_len: int = Field(
+        1024, gt=8, description="Longest rendered conversation, in tokens, for training."
+    )
+    overlength: Literal["error", "truncate", "drop"] = Field(
+        "error",
+        description="A conversation longer than max_seq_len: stop with an error, or truncate "
+        "or drop it and count it in data/stats.json.",
+    )
+
+
+class ColumnMap(Section):
+    prompt: str = Field("prompt", description="Column holding the user's message.")
+    response: str = Field("response", description="Column holding the assistant's answer.")
+    system: str | None = Field(None, description="Optional column holding a system message.")
+
+
+class SplitFractions(Section):
+    train: float = Field(0.0, ge=0, le=1, description="Share assigned to train.")
+    validation: float = Field(0.0, ge=0, le=1, description="Share assigned to validation.")
+    test: float = Field(0.0, ge=0, le=1, description="Share assigned to test.")
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitFractions:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"fractions must sum to 1, got {total:g}")
+        return self
+
+
+class SplitRule(Section):
+    where: dict[str, str | list[str] | None] = Field(
+        description="Record fields and the value(s) they must have for the rule to apply."
+    )
+    split: SplitName | None = Field(None, description="Put every matching record in this split.")
+    fractions: SplitFractions | None = Field(
+        None, description="Or divide matching records between splits by a seeded hash."
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> SplitRule:
+        if (self.split is None) == (self.fractions is None):
+            raise ValueError("a split rule needs exactly one of 'split' or 'fractions'")
+        return self
+
+
+class SplitConfig(Section):
+    seed: int = Field(17, description="Seed of the hash that assigns records to splits.")
+    field: str = Field(
+        "split", description="Record field that fixes a record's split when present."
+    )
+    group_by: str | None = Field(
+        "chain_id", description="Records sharing this field's value always share a split."
+    )
+    pin_referenced: dict[str, SplitName] = Field(
+        default_factory=dict,
+        description="Field -> split: a record whose id another record names in that field "
+        "goes to that split (e.g. paraphrase_of: train keeps paraphrased facts trained).",
+    )
+    rules: list[SplitRule] = Field(
+        default_factory=list, description="Ordered rules; the first that matches decides."
+    )
+    validation: float = Field(
+        0.05, ge=0, lt=1, description="Validation share of records no rule or field places."
+    )
+    test: float = Field(0.0, ge=0, lt=1, description="Test share of records no rule places.")
+
+    @model_validator(mode="after")
+    def _room_for_train(self) -> SplitConfig:
+        if self.validation + self.test >= 1:
+            raise ValueError("validation + test must leave a share for train")
+        return self
+
+
+class LeakageConfig(Section):
+    threshold: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Similarity (0-1) of both question and answer above which two records in "
+        "different splits count as near-duplicates.",
+    )
+    fail: bool = Field(True, description="Stop the run when any cross-split duplicate exists.")
+
+
+class DataConfig(Section):
+    path: str = Field(
+        description="A data file (.jsonl, .csv, .parquet) or a folder of them; relative paths "
+        "are resolved against the config file's folder."
+    )
+    format: Literal["auto", "chat", "prompt-response"] = Field(
+        "auto",
+        description="chat: records with 'messages'; prompt-response: two columns mapped by "
+        "'columns'; auto: chat when the first record has 'messages'.",
+    )
+    columns: ColumnMap = Field(default_factory=ColumnMap, description="Column mapping.")
+    system_prompt: str | None = Field(
+        None, description="System message added to prompt-response records that have none."
+    )
+    split: SplitConfig = Field(default_factory=SplitConfig, description="How splits are made.")
+    leakage: LeakageConfig = Field(
+        default_factory=LeakageConfig, description="Cross-split duplicate check."
+    )
+
+
+LORA_PRESETS = ("attention", "mlp", "all-linear")
+
+
+class LoraConfig(Section):
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    targets: str | list[str] = Field(
+        "all-linear",
+        description="A preset (attention, mlp, all-linear) or a list of module names.",
+    )
+
+    @model_validator(mode="after")
+    def _known_preset(self) -> LoraConfig:
+        if isinstance(self.targets, str) and self.targets not in LORA_PRESETS:
+            near = difflib.get_close_matches(self.targets, LORA_PRESETS, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise ValueError(
+                f"unknown preset '{self.targets}' (presets: {', '.join(LORA_PRESETS)}){hint}"
+            )
+        if isinstance(self.targets, list) and not self.targets:
+            raise ValueError("targets must name at least one module")
+        return self
+
+
+class TrainConfig(Section):
+    epochs: float = Field(3.0, gt=0, description="Passes over the training split.")
+    max_steps: int | None = Field(
+        None, gt=0, description="Stop after this many optimizer steps (overrides epochs)."
+    )
+    batch_size: int = Field(8, gt=0, description="Conversations per micro-batch.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate of AdamW.")
+    warmup_ratio: float = Field(
+        0.05, ge=0, lt=1, description="Share of steps with linear warmup before cosine decay."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on LoRA weights.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    seed: int = Field(17, description="Seed for LoRA init, dropout and data order.")
+    eval_every: int = Field(
+        25, gt=0, description="Optimizer steps between validation-loss passes."
+    )
+    log_every: int = Field(5, gt=0, description="Optimizer steps between training-loss logs.")
+
+
+class EvalConfig(Section):
+    enabled: bool = Field(True, description="Evaluate base and tuned models on the test split.")
+    max_new_tokens: int = Field(48, gt=0, description="Generation budget per answer.")
+    batch_size: int = Field(16, gt=0, description="Prompts generated together.")
+    bootstrap: int = Field(
+        2000, ge=100, description="Paired bootstrap resamples for delta confidence intervals."
+    )
+    breakdown_by: list[str] = Field(
+        default_factory=lambda: ["difficulty", "topic"],
+        description="Record metadata fields to break metrics down by.",
+    )
+    limit: int | None = Field(None, gt=0, description="Evaluate only the first N test records.")
+
+
+class ExportConfig(Section):
+    merge: bool = Field(True, description="Save the merged model (LoRA folded in) as HF folder.")
+    check_prompts: int = Field(
+        4, ge=1, description="Prompts used to check merged logits against adapter logits."
+    )
+    atol: float = Field(1e-4, gt=0, description="Largest allowed merged-vs-adapter logit gap.")
+
+
+class RunConfig(Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$", description="Run name and folder.")
+    output_dir: str = Field("runs", description="Parent folder of run directories.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Base model.")
+    chat: ChatConfig = Field(default_factory=ChatConfig, description="Chat format.")
+    data: DataConfig = Field(description="Training and evaluation data.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="Adapter.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+    export: ExportConfig = Field(default_factory=ExportConfig, description="Export.")
+
+    @model_validator(mode="after")
+    def _compatible(self) -> RunConfig:
+        if self.model.dtype == "float16":
+            raise ValueError(
+                "model.dtype float16 cannot be trained stably (no loss scaling here); "
+                "use bfloat16 or float32"
+            )
+        if self.eval.max_new_tokens >= self.chat.max_seq_len:
+            raise ValueError("eval.max_new_tokens must be smaller than chat.max_seq_len")
+        if self.data.format == "chat" and self.data.system_prompt is not None:
+            raise ValueError(
+                "data.system_prompt applies to prompt-response data only; chat records carry "
+                "their own system turn"
+            )
+        fmt_model = self.chat.format
+        if fmt_model == "harmony" and self.model.base.startswith("bundled:"):
+            raise ValueError(
+                "chat.format harmony needs a gpt-oss tokenizer; the bundled models use ChatML"
+            )
+        return self
+
+    # Paths given in the YAML are relative to the YAML file; set by load_config.
+    _base_dir: Path = Path(".")
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else (self._base_dir / p)
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+# ---------------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read, validate and return a run config; any problem is a one-line SpecializeError."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecializeError("config file not found", path=path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(e, "problem", None) or str(e)
+        raise SpecializeError(f"malformed YAML: {problem}", path=path, line=line) from None
+    if not isinstance(raw, dict):
+        raise SpecializeError("a config must be a YAML mapping of sections", path=path, line=1)
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, value)
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise _one_line(e, path, node) from None
+    cfg._base_dir = path.resolve().parent
+    return cfg
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = raw
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+
+
+def _one_line(err: ValidationError, path: Path, node: yaml.Node | None) -> SpecializeError:
+    first = err.errors()[0]
+    loc = [str(x) for x in first["loc"] if not isinstance(x, int) or True]
+    dotted = ".".join(loc)
+    line = _line_of(node, first["loc"])
+    if first["type"] == "extra_forbidden":
+        valid = _valid_keys(first["loc"][:-1])
+        near = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(valid)}"
+        return SpecializeError(f"unknown key{hint}", path=path, line=line, field=dotted)
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "missing":
+        msg = "required field is missing"
+    return SpecializeError(msg, path=path, line=line, field=dotted or None)
+
+
+def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the section at ``loc`` (walking nested models and lists)."""
+    model: Any = RunConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based YAML line of the deepest key in ``loc`` that exists in the document."""
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == str(part):
+                    line, node = k.start_mark.line + 1, v
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return line
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def config_docs() -> str:
+    """Every field with type, default and description, for ``specialize config-docs``."""
+    lines: list[str] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, f in model.model_fields.items():
+            sub = _model_in(f.annotation)
+            dotted = f"{prefix}{name}"
+            if sub is not None and sub not in (SplitFractions,) and name != "rules":
+                lines.append(f"{dotted}:  {f.description}")
+                walk(sub, dotted + ".")
+                continue
+            default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+            lines.append(f"{dotted} = {default}  # {f.description}")
+
+    walk(RunConfig, "")
+    return "\n".join(lines)

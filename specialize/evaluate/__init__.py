@@ -1,0 +1,1 @@
+"""Generation, metrics and base-vs-tuned comparison."""

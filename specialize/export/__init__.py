@@ -1,0 +1,1 @@
+"""Merging adapters into the base model and (later) GGUF export."""

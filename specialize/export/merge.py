@@ -1,0 +1,58 @@
+"""Fold the LoRA adapter into the base weights and prove the merged model is the same model.
+
+The merged folder is an ordinary Hugging Face model (``AutoModelForCausalLM.from_pretrained``
+opens it). After writing it we reload it from disk and compare its logits with the adapter
+model's on a few prompts; the largest absolute difference is recorded, and a gap above the
+tolerance stops the run. We also record the gap to the base model, which must be non-zero:
+a merge that changed nothing would pass an equality test too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@torch.no_grad()
+def logits_for(model: Any, prompts: list[list[int]]) -> list[torch.Tensor]:
+    model.eval()
+    return [model(input_ids=torch.tensor([p])).logits[0].float() for p in prompts]
+
+
+def max_abs_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+
+
+def merge_and_save(peft_model: Any, tokenizer: Any, out_dir: Path, dtype: str = "float32") -> Any:
+    """Merge LoRA into the base (in place: the PEFT wrapper is consumed) and save the folder."""
+    merged = peft_model.merge_and_unload()
+    merged = merged.to(getattr(torch, dtype))
+    merged.config.use_cache = True
+    merged.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return merged
+
+
+def check_merged(
+    out_dir: Path,
+    prompts: list[list[int]],
+    adapter_logits: list[torch.Tensor],
+    base_logits: list[torch.Tensor],
+    atol: float,
+) -> dict[str, Any]:
+    """Reload the merged folder with transformers and compare logits."""
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32)
+    got = logits_for(reloaded, prompts)
+    vs_adapter = max_abs_diff(got, adapter_logits)
+    vs_base = max_abs_diff(got, base_logits)
+    return {
+        "prompts": len(prompts),
+        "max_abs_diff_vs_adapter": vs_adapter,
+        "max_abs_diff_vs_base": vs_base,
+        "atol": atol,
+        "passed": vs_adapter <= atol and vs_base > atol,
+    }

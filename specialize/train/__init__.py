@@ -1,0 +1,1 @@
+"""LoRA targets, the loss, and the training loop."""
