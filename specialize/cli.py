@@ -27,8 +27,9 @@ def default_config() -> Path:
     for candidate in (EXAMPLE, Path.cwd() / "examples" / "space" / "config.yaml"):
         if candidate.is_file():
             return candidate
-    raise SpecializeError("no config given and the bundled example config was not found",
-                          path=EXAMPLE)
+    raise SpecializeError(
+        "no config given and the bundled example config was not found", path=EXAMPLE
+    )
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -59,8 +60,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = load_config(args.config or default_config(), _overrides(args.set))
     tokenizer = load_tokenizer(resolve(cfg.model.base, cfg._base_dir))
     stats = _data_stats(prepare_data(cfg, tokenizer), cfg)
-    print(yaml.safe_dump({k: stats[k] for k in ("records", "splits", "leakage", "tokens",
-                                                "overlength")}, sort_keys=False).strip())
+    print(
+        yaml.safe_dump(
+            {k: stats[k] for k in ("records", "splits", "leakage", "tokens", "overlength")},
+            sort_keys=False,
+        ).strip()
+    )
     return 0
 
 
@@ -90,12 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sp = sub.add_parser(name, help=helptext)
         sp.add_argument("config", nargs="?", help="YAML config (default: bundled example)")
-        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set train.max_steps=10")
+        sp.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config field, e.g. --set train.max_steps=10",
+        )
         sp.set_defaults(fn=fn)
         if name == "run":
-            sp.add_argument("--force", action="store_true",
-                            help="replace an existing run directory of the same name")
+            sp.add_argument(
+                "--force",
+                action="store_true",
+                help="replace an existing run directory of the same name",
+            )
             sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp = sub.add_parser("card", help="rewrite MODEL_CARD.md from a run directory")
     sp.add_argument("run_dir")

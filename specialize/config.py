@@ -184,9 +184,12 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on LoRA weights.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     seed: int = Field(17, description="Seed for LoRA init, dropout and data order.")
-    eval_every: int = Field(
-        25, gt=0, description="Optimizer steps between validation-loss passes."
+    mixed_precision: Literal["no", "bf16"] = Field(
+        "no",
+        description="bf16: run forward/backward under bfloat16 autocast (weights, optimizer "
+        "and loss stay float32); about 1.4x faster on CPUs with AVX512-BF16 or AMX.",
     )
+    eval_every: int = Field(25, gt=0, description="Optimizer steps between validation-loss passes.")
     log_every: int = Field(5, gt=0, description="Optimizer steps between training-loss logs.")
 
 
@@ -209,7 +212,15 @@ class ExportConfig(Section):
     check_prompts: int = Field(
         4, ge=1, description="Prompts used to check merged logits against adapter logits."
     )
-    atol: float = Field(1e-4, gt=0, description="Largest allowed merged-vs-adapter logit gap.")
+    atol: float = Field(
+        1e-4, gt=0, description="Absolute part of the merged-vs-adapter logit tolerance."
+    )
+    rtol: float = Field(
+        1e-5,
+        ge=0,
+        description="Relative part: each logit may differ by atol + rtol * |adapter logit| "
+        "(float32 rounding grows with depth and logit size, as in torch.allclose).",
+    )
 
 
 class RunConfig(Section):
@@ -366,7 +377,9 @@ def config_docs() -> str:
                 lines.append(f"{dotted}:  {f.description}")
                 walk(sub, dotted + ".")
                 continue
-            default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+            default = (
+                "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+            )
             lines.append(f"{dotted} = {default}  # {f.description}")
 
     walk(RunConfig, "")

@@ -52,8 +52,13 @@ def prepare_data(cfg: RunConfig, tokenizer: Any | None = None) -> dict[str, Any]
             path=path,
             field="data.leakage",
         )
-    out: dict[str, Any] = {"path": path, "records": records, "splits": splits,
-                           "read_stats": stats, "leakage": report}
+    out: dict[str, Any] = {
+        "path": path,
+        "records": records,
+        "splits": splits,
+        "read_stats": stats,
+        "leakage": report,
+    }
     if tokenizer is not None:
         fmt = cfg.chat.format
         check_format(tokenizer, fmt, [r["messages"] for r in records], where=str(path))
@@ -75,19 +80,23 @@ def _data_stats(prepared: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
         "records": len(prepared["records"]),
         "splits": {k: len(v) for k, v in splits.items()},
         "split_rule": cfg.data.split.model_dump(mode="json"),
-        "leakage": {"exact": prepared["leakage"]["exact"], "near": prepared["leakage"]["near"],
-                    "threshold": cfg.data.leakage.threshold},
+        "leakage": {
+            "exact": prepared["leakage"]["exact"],
+            "near": prepared["leakage"]["near"],
+            "threshold": cfg.data.leakage.threshold,
+        },
     }
     for field in ("kind", "difficulty", "topic"):
         if any(field in r for r in prepared["records"]):
-            stats[f"by_{field}"] = {
-                s: _count(recs, field) for s, recs in splits.items()
-            }
+            stats[f"by_{field}"] = {s: _count(recs, field) for s, recs in splits.items()}
     if "examples" in prepared:
         stats["tokens"] = {
-            s: {"examples": len(ex), "tokens": sum(len(e) for e in ex),
+            s: {
+                "examples": len(ex),
+                "tokens": sum(len(e) for e in ex),
                 "target_tokens": sum(e.n_target for e in ex),
-                "max_len": max((len(e) for e in ex), default=0)}
+                "max_len": max((len(e) for e in ex), default=0),
+            }
             for s, ex in prepared["examples"].items()
         }
         stats["overlength"] = prepared["length_counts"]
@@ -104,7 +113,6 @@ def _count(records: list[dict[str, Any]], field: str) -> dict[str, int]:
 
 def run(cfg: RunConfig, force: bool = False, progress: bool = True) -> Path:
     """Run every stage of the config; returns the finished run directory."""
-    import torch
 
     from specialize.evaluate.evaluation import compare_variants, evaluate_variant
     from specialize.export.merge import check_merged, logits_for, merge_and_save
@@ -116,8 +124,7 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True) -> Path:
 
     final = cfg.run_dir()
     if final.exists() and not force:
-        raise SpecializeError("run directory already exists; use --force to replace it",
-                              path=final)
+        raise SpecializeError("run directory already exists; use --force to replace it", path=final)
     timer = Timer()
     with timer.stage("data"):
         source = resolve(cfg.model.base, cfg._base_dir)
@@ -136,24 +143,36 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True) -> Path:
     log.addHandler(handler)
     try:
         stats = _data_stats(prepared, cfg)
-        write_text(stage / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"),
-                                                         sort_keys=False))
+        write_text(
+            stage / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        )
         for name, recs in splits.items():
             write_jsonl(stage / "data" / f"{name}.jsonl", recs)
         write_json(stage / "data" / "stats.json", stats)
         write_json(stage / "data" / "leakage.json", prepared["leakage"])
-        log.info("data: %d records -> train %d, validation %d, test %d; leakage: %d exact, "
-                 "%d near", stats["records"], *stats["splits"].values(),
-                 stats["leakage"]["exact"], stats["leakage"]["near"])
+        log.info(
+            "data: %d records -> train %d, validation %d, test %d; leakage: %d exact, %d near",
+            stats["records"],
+            *stats["splits"].values(),
+            stats["leakage"]["exact"],
+            stats["leakage"]["near"],
+        )
 
         with timer.stage("load_model"):
             model = load_model(source, cfg.model.dtype)
-        log.info("model: %s (%s, tied embeddings: %s)", source.describe(),
-                 type(model).__name__, is_tied(model))
-        check_prompts = [render_prompt(r["messages"][:-1], tokenizer, cfg.chat.format)
-                         for r in eval_records[: cfg.export.check_prompts]] or [
+        log.info(
+            "model: %s (%s, tied embeddings: %s)",
+            source.describe(),
+            type(model).__name__,
+            is_tied(model),
+        )
+        check_prompts = [
             render_prompt(r["messages"][:-1], tokenizer, cfg.chat.format)
-            for r in splits["train"][: cfg.export.check_prompts]]
+            for r in eval_records[: cfg.export.check_prompts]
+        ] or [
+            render_prompt(r["messages"][:-1], tokenizer, cfg.chat.format)
+            for r in splits["train"][: cfg.export.check_prompts]
+        ]
         base_logits = logits_for(model, check_prompts)
 
         metrics: dict[str, dict[str, Any]] = {}
@@ -161,79 +180,146 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True) -> Path:
         if cfg.eval.enabled and eval_records:
             with timer.stage("eval_base"):
                 preds["base"], metrics["base"] = evaluate_variant(
-                    model, tokenizer, eval_records, cfg.chat.format, cfg.eval.max_new_tokens,
-                    cfg.eval.batch_size, "base", progress)
+                    model,
+                    tokenizer,
+                    eval_records,
+                    cfg.chat.format,
+                    cfg.eval.max_new_tokens,
+                    cfg.eval.batch_size,
+                    "base",
+                    progress,
+                )
             _save_eval(stage, "base", preds["base"], metrics["base"], eval_split)
 
         with timer.stage("train"):
             peft_model, targets = apply_lora(model, cfg.lora, cfg.train.seed)
             counts = parameter_counts(peft_model)
-            write_json(stage / "train" / "adapted_modules.json",
-                       {"targets": targets, "parameters": counts})
-            log.info("trainable params: %s || all params: %s || trainable%%: %.4f",
-                     f"{counts['trainable']:,}", f"{counts['total']:,}",
-                     100 * counts["trainable"] / counts["total"])
-            state = loop.setup(peft_model, examples["train"], examples["validation"], cfg.train,
-                               tokenizer.pad_token_id, cfg.eval.batch_size)
-            log.info("training: %d steps (%d per epoch), %d examples, batch %d x accum %d",
-                     state.total_steps, state.steps_per_epoch, len(examples["train"]),
-                     cfg.train.batch_size, cfg.train.grad_accum)
+            write_json(
+                stage / "train" / "adapted_modules.json", {"targets": targets, "parameters": counts}
+            )
+            log.info(
+                "trainable params: %s || all params: %s || trainable%%: %.4f",
+                f"{counts['trainable']:,}",
+                f"{counts['total']:,}",
+                100 * counts["trainable"] / counts["total"],
+            )
+            state = loop.setup(
+                peft_model,
+                examples["train"],
+                examples["validation"],
+                cfg.train,
+                tokenizer.pad_token_id,
+                cfg.eval.batch_size,
+            )
+            log.info(
+                "training: %d steps (%d per epoch), %d examples, batch %d x accum %d",
+                state.total_steps,
+                state.steps_per_epoch,
+                len(examples["train"]),
+                cfg.train.batch_size,
+                cfg.train.grad_accum,
+            )
             try:
                 history = loop.fit(state, progress)
             except FloatingPointError as e:
                 raise SpecializeError(f"training stopped: {e}", field="train.lr") from None
             loop.save(state, stage / "adapter")
-            write_json(stage / "adapter" / "specialize.json", {
-                "base_model": cfg.model.base, "base_files": source.describe(),
-                "chat_format": cfg.chat.format, "lora": cfg.lora.model_dump(mode="json"),
-                "targets": targets})
+            write_json(
+                stage / "adapter" / "specialize.json",
+                {
+                    "base_model": cfg.model.base,
+                    "base_files": source.describe(),
+                    "chat_format": cfg.chat.format,
+                    "lora": cfg.lora.model_dump(mode="json"),
+                    "targets": targets,
+                },
+            )
             write_json(stage / "train" / "history.json", history)
             loss_curve(history, stage / "plots" / "loss.png")
-        log.info("trained %d steps in %.1f s (%.0f tokens/s); final validation loss %.4f",
-                 history["steps"], history["wall_s"], history["tokens_per_s"],
-                 history["validation"][-1]["loss"])
+        log.info(
+            "trained %d steps in %.1f s (%.0f tokens/s); final validation loss %.4f",
+            history["steps"],
+            history["wall_s"],
+            history["tokens_per_s"],
+            history["validation"][-1]["loss"],
+        )
 
         if cfg.eval.enabled and eval_records:
             with timer.stage("eval_tuned"):
                 preds["tuned"], metrics["tuned"] = evaluate_variant(
-                    peft_model, tokenizer, eval_records, cfg.chat.format,
-                    cfg.eval.max_new_tokens, cfg.eval.batch_size, "tuned", progress)
+                    peft_model,
+                    tokenizer,
+                    eval_records,
+                    cfg.chat.format,
+                    cfg.eval.max_new_tokens,
+                    cfg.eval.batch_size,
+                    "tuned",
+                    progress,
+                )
             _save_eval(stage, "tuned", preds["tuned"], metrics["tuned"], eval_split)
-            comparison = compare_variants(preds["base"], preds["tuned"], cfg.eval.breakdown_by,
-                                          cfg.eval.bootstrap, cfg.train.seed)
+            comparison = compare_variants(
+                preds["base"],
+                preds["tuned"],
+                cfg.eval.breakdown_by,
+                cfg.eval.bootstrap,
+                cfg.train.seed,
+            )
             comparison["split"] = eval_split
             write_json(stage / "eval" / "compare.json", comparison)
             write_jsonl(stage / "eval" / "side_by_side.jsonl", _side_by_side(preds))
             metric_bars(metrics, comparison, stage / "plots" / "metrics.png")
             d = comparison["deltas"]
-            log.info("test F1 base %.4f -> tuned %.4f (delta %+.4f, 95%% CI [%+.4f, %+.4f]); "
-                     "perplexity %.3f -> %.3f", metrics["base"]["f1"], metrics["tuned"]["f1"],
-                     d["f1"]["delta"], d["f1"]["ci_low"], d["f1"]["ci_high"],
-                     metrics["base"]["perplexity"], metrics["tuned"]["perplexity"])
+            log.info(
+                "test F1 base %.4f -> tuned %.4f (delta %+.4f, 95%% CI [%+.4f, %+.4f]); "
+                "perplexity %.3f -> %.3f",
+                metrics["base"]["f1"],
+                metrics["tuned"]["f1"],
+                d["f1"]["delta"],
+                d["f1"]["ci_low"],
+                d["f1"]["ci_high"],
+                metrics["base"]["perplexity"],
+                metrics["tuned"]["perplexity"],
+            )
 
         if cfg.export.merge:
             with timer.stage("export"):
                 adapter_logits = logits_for(peft_model, check_prompts)
                 merge_and_save(peft_model, tokenizer, stage / "merged", cfg.model.dtype)
-                check = check_merged(stage / "merged", check_prompts, adapter_logits,
-                                     base_logits, cfg.export.atol)
+                check = check_merged(
+                    stage / "merged",
+                    check_prompts,
+                    adapter_logits,
+                    base_logits,
+                    cfg.export.atol,
+                    cfg.export.rtol,
+                )
                 write_json(stage / "export" / "merge_check.json", check)
-            log.info("merged: max |logit diff| vs adapter %.2e, vs base %.2e -> %s",
-                     check["max_abs_diff_vs_adapter"], check["max_abs_diff_vs_base"],
-                     "ok" if check["passed"] else "FAILED")
+            log.info(
+                "merged: max |logit diff| vs adapter %.2e, vs base %.2e -> %s",
+                check["max_abs_diff_vs_adapter"],
+                check["max_abs_diff_vs_base"],
+                "ok" if check["passed"] else "FAILED",
+            )
             if not check["passed"]:
                 raise SpecializeError(
                     f"merged model disagrees with the adapter model (max |diff| "
-                    f"{check['max_abs_diff_vs_adapter']:.2e} > {cfg.export.atol:g})",
-                    field="export.atol")
+                    f"{check['max_abs_diff_vs_adapter']:.2e}, tolerance atol "
+                    f"{cfg.export.atol:g} + rtol {cfg.export.rtol:g} x |logit|) or equals the "
+                    f"base model (max |diff| vs base {check['max_abs_diff_vs_base']:.2e})",
+                    field="export.atol",
+                )
 
-        write_json(stage / "env.json", {"versions": versions(), "hardware": hardware(),
-                                        "argv": sys.argv, "cwd": os.getcwd()})
+        write_json(
+            stage / "env.json",
+            {"versions": versions(), "hardware": hardware(), "argv": sys.argv, "cwd": os.getcwd()},
+        )
         write_json(stage / "timings.json", timer.as_dict())
         write_card(stage)
-        inputs = {"config_sha256": sha256_file(stage / "config.yaml"),
-                  "data": {str(p): sha256_file(p) for p in data_files(prepared["path"])},
-                  "base_model": {"spec": cfg.model.base, "files": source.describe()}}
+        inputs = {
+            "config_sha256": sha256_file(stage / "config.yaml"),
+            "data": {str(p): sha256_file(p) for p in data_files(prepared["path"])},
+            "base_model": {"spec": cfg.model.base, "files": source.describe()},
+        }
         write_manifest(stage, inputs)
     except BaseException:
         log.removeHandler(handler)
@@ -249,8 +335,9 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True) -> Path:
     return final
 
 
-def _save_eval(stage: Path, name: str, preds: list[dict[str, Any]], metrics: dict[str, Any],
-               split: str) -> None:
+def _save_eval(
+    stage: Path, name: str, preds: list[dict[str, Any]], metrics: dict[str, Any], split: str
+) -> None:
     write_jsonl(stage / "eval" / name / "predictions.jsonl", preds)
     write_json(stage / "eval" / name / "metrics.json", metrics | {"split": split})
 
@@ -262,7 +349,6 @@ def _side_by_side(preds: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]
         row = {"id": first["id"], "question": first["question"], "reference": first["reference"]}
         for n in names:
             p = preds[n][i]
-            row[n] = {"prediction": p["prediction"], "f1": p["f1"],
-                      "exact_match": p["exact_match"]}
+            row[n] = {"prediction": p["prediction"], "f1": p["f1"], "exact_match": p["exact_match"]}
         rows.append(row)
     return rows

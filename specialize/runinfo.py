@@ -10,8 +10,16 @@ from contextlib import contextmanager
 from importlib import metadata
 from typing import Any
 
-PACKAGES = ("specialize", "torch", "transformers", "peft", "accelerate", "tokenizers",
-            "safetensors", "gguf")
+PACKAGES = (
+    "specialize",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "tokenizers",
+    "safetensors",
+    "gguf",
+)
 
 
 def versions() -> dict[str, str]:

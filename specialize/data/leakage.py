@@ -4,9 +4,10 @@ A test question whose answer the model saw verbatim in training measures memory,
 We compare every record against the records of the *other* splits on two normalised texts: the
 question (all user turns) and the answer (all assistant turns). A pair is an *exact* duplicate
 when both are equal after SQuAD-style normalisation, and a *near* duplicate when the Jaccard
-similarity of word unigrams + bigrams is at least the threshold for both. Paraphrased test
-questions (different wording, same answer) pass, as they should; a question copied with a
-word changed does not.
+similarity of their character 4-gram sets is at least the threshold for both. Character
+shingles are robust to the small edits that make a copy look new (one word added or changed
+in a short question keeps similarity near 0.85), while genuine paraphrases stay low (the
+bundled example's paraphrase questions score at most 0.38 against the facts they reword).
 
 Candidates come from an inverted index on answer words, so the check stays far below quadratic
 on real datasets where most answers share no words.
@@ -39,9 +40,9 @@ def _texts(rec: Record) -> tuple[str, str]:
     return normalize_answer(q), normalize_answer(a)
 
 
-def _shingles(text: str) -> frozenset[str]:
-    words = text.split()
-    return frozenset(words) | frozenset(" ".join(p) for p in zip(words, words[1:], strict=False))
+def _shingles(text: str, n: int = 4) -> frozenset[str]:
+    padded = f" {text} "
+    return frozenset(padded[i : i + n] for i in range(max(1, len(padded) - n + 1)))
 
 
 def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
@@ -81,7 +82,9 @@ def find_leaks(splits: dict[str, list[Record]], threshold: float = 0.8) -> list[
                 qsim = _jaccard(qs, qs2)
                 if qsim >= threshold:
                     leaks.append(
-                        Leak(rec["id"], split, rec2["id"], s2, "near", round(qsim, 3), round(asim, 3))
+                        Leak(
+                            rec["id"], split, rec2["id"], s2, "near", round(qsim, 3), round(asim, 3)
+                        )
                     )
     return leaks
 

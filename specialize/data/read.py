@@ -142,29 +142,45 @@ def _chat_record(row: dict[str, Any], where: tuple[Path, int]) -> Record:
     file, line = where
     msgs = row.get("messages")
     if not isinstance(msgs, list) or not msgs:
-        raise SpecializeError("'messages' must be a non-empty list", path=file, line=line,
-                              field="messages")
+        raise SpecializeError(
+            "'messages' must be a non-empty list", path=file, line=line, field="messages"
+        )
     clean = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise SpecializeError("each message needs 'role' and 'content'", path=file,
-                                  line=line, field=f"messages[{i}]")
+            raise SpecializeError(
+                "each message needs 'role' and 'content'",
+                path=file,
+                line=line,
+                field=f"messages[{i}]",
+            )
         if m["role"] not in ROLES:
-            raise SpecializeError(f"unknown role '{m['role']}' (roles: {', '.join(ROLES)})",
-                                  path=file, line=line, field=f"messages[{i}].role")
+            raise SpecializeError(
+                f"unknown role '{m['role']}' (roles: {', '.join(ROLES)})",
+                path=file,
+                line=line,
+                field=f"messages[{i}].role",
+            )
         if not isinstance(m["content"], str):
-            raise SpecializeError("content must be a string", path=file, line=line,
-                                  field=f"messages[{i}].content")
+            raise SpecializeError(
+                "content must be a string", path=file, line=line, field=f"messages[{i}].content"
+            )
         if m["role"] == "assistant" and not m["content"].strip():
-            raise SpecializeError("empty assistant message", path=file, line=line,
-                                  field=f"messages[{i}].content")
+            raise SpecializeError(
+                "empty assistant message", path=file, line=line, field=f"messages[{i}].content"
+            )
         clean.append({"role": m["role"], "content": m["content"]})
     if not any(m["role"] == "assistant" for m in clean):
-        raise SpecializeError("record has no assistant turn", path=file, line=line,
-                              field="messages")
+        raise SpecializeError(
+            "record has no assistant turn", path=file, line=line, field="messages"
+        )
     if clean[-1]["role"] != "assistant":
-        raise SpecializeError("the last message must be the assistant's answer", path=file,
-                              line=line, field="messages")
+        raise SpecializeError(
+            "the last message must be the assistant's answer",
+            path=file,
+            line=line,
+            field="messages",
+        )
     rec = {k: v for k, v in row.items() if k != "messages"}
     rec["messages"] = clean
     return rec

@@ -55,26 +55,34 @@ def evaluate_variant(
 
     prompts = [render_prompt(r["messages"][:-1], tokenizer, fmt) for r in records]
     answers = generate(
-        model, tokenizer, prompts, stop_token_ids(tokenizer, fmt), max_new_tokens,
-        batch_size, desc=f"generate {name}", progress=progress,
+        model,
+        tokenizer,
+        prompts,
+        stop_token_ids(tokenizer, fmt),
+        max_new_tokens,
+        batch_size,
+        desc=f"generate {name}",
+        progress=progress,
     )
     preds: list[dict[str, Any]] = []
     for rec, ans in zip(records, answers, strict=True):
         refs = references(rec)
         s, n = by_id[rec["id"]]
-        preds.append({
-            "id": rec["id"],
-            "question": rec["messages"][-2]["content"],
-            "reference": refs[0],
-            "prediction": ans["text"],
-            "stopped": ans["stopped"],
-            "new_tokens": ans["new_tokens"],
-            "exact_match": best_over(exact_match, ans["text"], refs),
-            "f1": best_over(token_f1, ans["text"], refs),
-            "loss_sum": s,
-            "loss_tokens": n,
-            "meta": {k: v for k, v in rec.items() if k not in META_SKIP | {"id"}},
-        })
+        preds.append(
+            {
+                "id": rec["id"],
+                "question": rec["messages"][-2]["content"],
+                "reference": refs[0],
+                "prediction": ans["text"],
+                "stopped": ans["stopped"],
+                "new_tokens": ans["new_tokens"],
+                "exact_match": best_over(exact_match, ans["text"], refs),
+                "f1": best_over(token_f1, ans["text"], refs),
+                "loss_sum": s,
+                "loss_tokens": n,
+                "meta": {k: v for k, v in rec.items() if k not in META_SKIP | {"id"}},
+            }
+        )
     wall = time.perf_counter() - t0
     loss_sum, n_tok = sum(p["loss_sum"] for p in preds), sum(p["loss_tokens"] for p in preds)
     metrics = {
@@ -113,15 +121,18 @@ def compare_variants(
     out["deltas"]["loss"] = paired_bootstrap(
         [p["loss_sum"] / max(p["loss_tokens"], 1) for p in base],
         [p["loss_sum"] / max(p["loss_tokens"], 1) for p in tuned],
-        weights=w, samples=samples, seed=seed,
+        weights=w,
+        samples=samples,
+        seed=seed,
     )
     records = [p["meta"] for p in base]
     for field in breakdown_by:
         if not any(field in r for r in records):
             continue
         out["breakdowns"][field] = {
-            variant: breakdown(records, {m: [p[m] for p in preds] for m in ("exact_match", "f1")},
-                               field)
+            variant: breakdown(
+                records, {m: [p[m] for p in preds] for m in ("exact_match", "f1")}, field
+            )
             for variant, preds in (("base", base), ("tuned", tuned))
         }
     return out

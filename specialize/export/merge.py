@@ -25,6 +25,13 @@ def max_abs_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
 
 
+def worst_excess(a: list[torch.Tensor], b: list[torch.Tensor], atol: float, rtol: float) -> float:
+    """max(|a - b| - (atol + rtol * |b|)): <= 0 exactly when torch.allclose(a, b) holds."""
+    return max(
+        float(((x - y).abs() - (atol + rtol * y.abs())).max()) for x, y in zip(a, b, strict=True)
+    )
+
+
 def merge_and_save(peft_model: Any, tokenizer: Any, out_dir: Path, dtype: str = "float32") -> Any:
     """Merge LoRA into the base (in place: the PEFT wrapper is consumed) and save the folder."""
     merged = peft_model.merge_and_unload()
@@ -41,6 +48,7 @@ def check_merged(
     adapter_logits: list[torch.Tensor],
     base_logits: list[torch.Tensor],
     atol: float,
+    rtol: float = 0.0,
 ) -> dict[str, Any]:
     """Reload the merged folder with transformers and compare logits."""
     from transformers import AutoModelForCausalLM
@@ -49,10 +57,13 @@ def check_merged(
     got = logits_for(reloaded, prompts)
     vs_adapter = max_abs_diff(got, adapter_logits)
     vs_base = max_abs_diff(got, base_logits)
+    close = worst_excess(got, adapter_logits, atol, rtol) <= 0
     return {
         "prompts": len(prompts),
         "max_abs_diff_vs_adapter": vs_adapter,
         "max_abs_diff_vs_base": vs_base,
+        "max_abs_adapter_logit": max(float(x.abs().max()) for x in adapter_logits),
         "atol": atol,
-        "passed": vs_adapter <= atol and vs_base > atol,
+        "rtol": rtol,
+        "passed": close and vs_base > atol,
     }

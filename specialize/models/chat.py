@@ -96,7 +96,9 @@ def _chatml_segments(messages: Sequence[Message], add_generation_prompt: bool) -
 def _harmony_segments(
     messages: Sequence[Message], add_generation_prompt: bool, effort: str = "low"
 ) -> list[Segment]:
-    out: list[Segment] = [(f"<|start|>system<|message|>{HARMONY_SYSTEM.format(effort=effort)}<|end|>", False)]
+    out: list[Segment] = [
+        (f"<|start|>system<|message|>{HARMONY_SYSTEM.format(effort=effort)}<|end|>", False)
+    ]
     last_asst = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
     for i, m in enumerate(messages):
         role, content = m["role"], m["content"]
@@ -198,7 +200,9 @@ def render_conversation(messages: Sequence[Message], tokenizer: Any, fmt: str) -
 
 def render_prompt(messages: Sequence[Message], tokenizer: Any, fmt: str) -> list[int]:
     """Ids of the conversation so far plus the assistant header: the generation prompt."""
-    return _tokenize(segments(messages, tokenizer, fmt, add_generation_prompt=True), tokenizer).input_ids
+    return _tokenize(
+        segments(messages, tokenizer, fmt, add_generation_prompt=True), tokenizer
+    ).input_ids
 
 
 def _tokenize(segs: list[Segment], tokenizer: Any) -> Rendered:
@@ -266,7 +270,9 @@ def check_format(
             )
     for n, conv in enumerate(conversations):
         r = render_conversation(conv, tokenizer, fmt)
-        back = tokenizer.decode(r.input_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        back = tokenizer.decode(
+            r.input_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
         if back != r.text:
             raise SpecializeError(
                 f"conversation {n}: token ids do not decode back to the rendered text under "

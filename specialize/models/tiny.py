@@ -30,7 +30,12 @@ _CORPUS = [
 SPECIALS = {
     "chatml": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
     "harmony": [
-        "<|endoftext|>", "<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|return|>",
+        "<|endoftext|>",
+        "<|start|>",
+        "<|end|>",
+        "<|message|>",
+        "<|channel|>",
+        "<|return|>",
         "<|call|>",
     ],
     "plain": ["<|endoftext|>"],
@@ -104,7 +109,7 @@ def build_gpt_oss(tokenizer: Any, seed: int = 0) -> Any:
         head_dim=8,
         num_local_experts=4,
         num_experts_per_tok=2,
-        max_position_embeddings=512,
+        max_position_embeddings=131072,  # = yarn factor 32 x 4096, as in gpt-oss
         sliding_window=64,
         layer_types=["sliding_attention", "full_attention"],
         tie_word_embeddings=False,

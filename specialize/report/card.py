@@ -28,8 +28,7 @@ def _fmt(x: Any, digits: int = 4) -> str:
 
 
 def _ci(d: dict[str, float], digits: int = 4) -> str:
-    return (f"{d['delta']:+.{digits}f} [{d['ci_low']:+.{digits}f}, "
-            f"{d['ci_high']:+.{digits}f}]")
+    return f"{d['delta']:+.{digits}f} [{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}]"
 
 
 def render_card(run: Path) -> str:
@@ -45,18 +44,28 @@ def render_card(run: Path) -> str:
     env = _load(run, "env.json") or {}
     L: list[str] = []
     name = cfg["name"]
-    L += [f"# {name}", "",
-          f"LoRA adapter for `{cfg['model']['base']}`, trained by "
-          f"[specialize](https://pypi.org/project/specialize/) on `{stats.get('source', '?')}`. "
-          "Every number on this card is read from the files of this run directory.", ""]
+    L += [
+        f"# {name}",
+        "",
+        f"LoRA adapter for `{cfg['model']['base']}`, trained by "
+        f"[specialize](https://pypi.org/project/specialize/) on `{stats.get('source', '?')}`. "
+        "Every number on this card is read from the files of this run directory.",
+        "",
+    ]
 
-    L += ["## Base model", "",
-          "| | |", "|---|---|",
-          f"| base | `{cfg['model']['base']}` |",
-          f"| dtype | {cfg['model']['dtype']} |",
-          f"| chat format | {cfg['chat']['format']} |",
-          f"| parameters | {adapted.get('parameters', {}).get('total', '?'):,} |"
-          if adapted else "| parameters | ? |", ""]
+    L += [
+        "## Base model",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| base | `{cfg['model']['base']}` |",
+        f"| dtype | {cfg['model']['dtype']} |",
+        f"| chat format | {cfg['chat']['format']} |",
+        f"| parameters | {adapted.get('parameters', {}).get('total', '?'):,} |"
+        if adapted
+        else "| parameters | ? |",
+        "",
+    ]
 
     L += ["## Data and splits", ""]
     sp = stats.get("splits", {})
@@ -64,89 +73,152 @@ def render_card(run: Path) -> str:
     L += ["| split | records | tokens | trained tokens |", "|---|---:|---:|---:|"]
     for s in ("train", "validation", "test"):
         t = tok.get(s, {})
-        L.append(f"| {s} | {sp.get(s, 0)} | {t.get('tokens', '?')} | "
-                 f"{t.get('target_tokens', '?')} |")
+        L.append(
+            f"| {s} | {sp.get(s, 0)} | {t.get('tokens', '?')} | {t.get('target_tokens', '?')} |"
+        )
     L.append("")
     if "by_kind" in stats:
         kinds = sorted({k for v in stats["by_kind"].values() for k in v})
-        L += ["Records by kind: | " + " | ".join(kinds) + " |",
-              "", "| split | " + " | ".join(kinds) + " |",
-              "|---|" + "---:|" * len(kinds)]
+        L += [
+            "Records by kind: | " + " | ".join(kinds) + " |",
+            "",
+            "| split | " + " | ".join(kinds) + " |",
+            "|---|" + "---:|" * len(kinds),
+        ]
         for s, counts in stats["by_kind"].items():
             L.append(f"| {s} | " + " | ".join(str(counts.get(k, 0)) for k in kinds) + " |")
         L.append("")
     read = stats.get("read", {})
     lk = stats.get("leakage", {})
-    L += [f"Removed while reading: {read.get('removed_empty_rows', 0)} empty rows. "
-          f"Over-length: {stats.get('overlength', {})}. "
-          f"Cross-split leakage check (threshold {lk.get('threshold')}): "
-          f"{lk.get('exact', '?')} exact, {lk.get('near', '?')} near-duplicate pairs.", "",
-          "Split rule (deterministic, seeded hash of each record's group):", "", "```yaml",
-          yaml.safe_dump(stats.get("split_rule", {}), sort_keys=False).strip(), "```", ""]
+    L += [
+        f"Removed while reading: {read.get('removed_empty_rows', 0)} empty rows. "
+        f"Over-length: {stats.get('overlength', {})}. "
+        f"Cross-split leakage check (threshold {lk.get('threshold')}): "
+        f"{lk.get('exact', '?')} exact, {lk.get('near', '?')} near-duplicate pairs.",
+        "",
+        "Split rule (deterministic, seeded hash of each record's group):",
+        "",
+        "```yaml",
+        yaml.safe_dump(stats.get("split_rule", {}), sort_keys=False).strip(),
+        "```",
+        "",
+    ]
 
     L += ["## LoRA and training", "", "| hyperparameter | value |", "|---|---|"]
     lora, tr = cfg["lora"], cfg["train"]
-    rows = [("rank r", lora["r"]), ("alpha", lora["alpha"]), ("dropout", lora["dropout"]),
-            ("targets", lora["targets"]),
-            ("adapted modules", len(adapted.get("targets", []))),
-            ("trainable parameters", f"{adapted.get('parameters', {}).get('trainable', 0):,}"),
-            ("optimizer", "AdamW"), ("learning rate", tr["lr"]),
-            ("schedule", f"linear warmup ({tr['warmup_ratio']:.0%}) + cosine"),
-            ("weight decay", tr["weight_decay"]), ("max grad norm", tr["max_grad_norm"]),
-            ("batch size x grad accumulation", f"{tr['batch_size']} x {tr['grad_accum']}"),
-            ("epochs / steps", f"{tr['epochs']} / {hist.get('steps', '?')}"),
-            ("max sequence length", cfg["chat"]["max_seq_len"]), ("seed", tr["seed"])]
+    rows = [
+        ("rank r", lora["r"]),
+        ("alpha", lora["alpha"]),
+        ("dropout", lora["dropout"]),
+        ("targets", lora["targets"]),
+        ("adapted modules", len(adapted.get("targets", []))),
+        ("trainable parameters", f"{adapted.get('parameters', {}).get('trainable', 0):,}"),
+        ("optimizer", "AdamW"),
+        ("learning rate", tr["lr"]),
+        ("schedule", f"linear warmup ({tr['warmup_ratio']:.0%}) + cosine"),
+        ("weight decay", tr["weight_decay"]),
+        ("max grad norm", tr["max_grad_norm"]),
+        ("batch size x grad accumulation", f"{tr['batch_size']} x {tr['grad_accum']}"),
+        ("epochs / steps", f"{tr['epochs']} / {hist.get('steps', '?')}"),
+        ("max sequence length", cfg["chat"]["max_seq_len"]),
+        ("seed", tr["seed"]),
+    ]
     L += [f"| {k} | {v} |" for k, v in rows]
     if hist:
         va = hist.get("validation", [])
-        L += ["", f"Training: {hist.get('steps')} steps, {hist.get('tokens', 0):,} tokens in "
-              f"{hist.get('wall_s', 0):.1f} s ({hist.get('tokens_per_s', 0):.0f} tokens/s). "
-              f"Validation loss {va[0]['loss']:.4f} before training, {va[-1]['loss']:.4f} "
-              "after." if va else "", "", "![loss curve](plots/loss.png)", ""]
+        L += [
+            "",
+            f"Training: {hist.get('steps')} steps, {hist.get('tokens', 0):,} tokens in "
+            f"{hist.get('wall_s', 0):.1f} s ({hist.get('tokens_per_s', 0):.0f} tokens/s). "
+            f"Validation loss {va[0]['loss']:.4f} before training, {va[-1]['loss']:.4f} "
+            "after."
+            if va
+            else "",
+            "",
+            "![loss curve](plots/loss.png)",
+            "",
+        ]
 
     if base and tuned and comp:
         split = comp.get("split", "test")
-        L += [f"## Results ({split} split, {comp['n']} records)", "",
-              "| metric | base | tuned | delta (95% CI, paired bootstrap) |",
-              "|---|---:|---:|---|"]
+        L += [
+            f"## Results ({split} split, {comp['n']} records)",
+            "",
+            "| metric | base | tuned | delta (95% CI, paired bootstrap) |",
+            "|---|---:|---:|---|",
+        ]
         d = comp["deltas"]
-        L.append(f"| exact match | {_fmt(base['exact_match'])} | {_fmt(tuned['exact_match'])} "
-                 f"| {_ci(d['exact_match'])} |")
+        L.append(
+            f"| exact match | {_fmt(base['exact_match'])} | {_fmt(tuned['exact_match'])} "
+            f"| {_ci(d['exact_match'])} |"
+        )
         L.append(f"| token F1 | {_fmt(base['f1'])} | {_fmt(tuned['f1'])} | {_ci(d['f1'])} |")
-        L.append(f"| loss (answer tokens) | {_fmt(base['loss'])} | {_fmt(tuned['loss'])} "
-                 f"| {_ci(d['loss'])} |")
-        L.append(f"| perplexity | {_fmt(base['perplexity'], 3)} | "
-                 f"{_fmt(tuned['perplexity'], 3)} | "
-                 f"{tuned['perplexity'] - base['perplexity']:+.3f} |")
-        L.append(f"| answers ending at end-of-turn | {_fmt(base['stopped_rate'], 3)} | "
-                 f"{_fmt(tuned['stopped_rate'], 3)} | |")
-        L += ["", "EM and F1 use SQuAD v1.1 answer normalisation; greedy decoding, at most "
-              f"{cfg['eval']['max_new_tokens']} new tokens.", "",
-              "![metrics](plots/metrics.png)", ""]
+        L.append(
+            f"| loss (answer tokens) | {_fmt(base['loss'])} | {_fmt(tuned['loss'])} "
+            f"| {_ci(d['loss'])} |"
+        )
+        L.append(
+            f"| perplexity | {_fmt(base['perplexity'], 3)} | "
+            f"{_fmt(tuned['perplexity'], 3)} | "
+            f"{tuned['perplexity'] - base['perplexity']:+.3f} |"
+        )
+        L.append(
+            f"| answers ending at end-of-turn | {_fmt(base['stopped_rate'], 3)} | "
+            f"{_fmt(tuned['stopped_rate'], 3)} | |"
+        )
+        L += [
+            "",
+            "EM and F1 use SQuAD v1.1 answer normalisation; greedy decoding, at most "
+            f"{cfg['eval']['max_new_tokens']} new tokens.",
+            "",
+            "![metrics](plots/metrics.png)",
+            "",
+        ]
         for field, by in comp.get("breakdowns", {}).items():
-            L += [f"### By {field}", "", f"| {field} | n | base EM | tuned EM | base F1 | "
-                  "tuned F1 |", "|---|---:|---:|---:|---:|---:|"]
+            L += [
+                f"### By {field}",
+                "",
+                f"| {field} | n | base EM | tuned EM | base F1 | tuned F1 |",
+                "|---|---:|---:|---:|---:|---:|",
+            ]
             for key, b in by["base"].items():
                 t = by["tuned"][key]
-                L.append(f"| {key} | {b['n']} | {b['exact_match']:.3f} | {t['exact_match']:.3f}"
-                         f" | {b['f1']:.3f} | {t['f1']:.3f} |")
+                L.append(
+                    f"| {key} | {b['n']} | {b['exact_match']:.3f} | {t['exact_match']:.3f}"
+                    f" | {b['f1']:.3f} | {t['f1']:.3f} |"
+                )
             L.append("")
-        L += ["Per-record predictions: `eval/base/predictions.jsonl`, "
-              "`eval/tuned/predictions.jsonl`, side by side in `eval/side_by_side.jsonl`.", ""]
+        L += [
+            "Per-record predictions: `eval/base/predictions.jsonl`, "
+            "`eval/tuned/predictions.jsonl`, side by side in `eval/side_by_side.jsonl`.",
+            "",
+        ]
 
     if merge:
-        L += ["## Export", "",
-              f"Merged model (LoRA folded in) in `merged/`. Reloaded with "
-              f"`AutoModelForCausalLM`, its logits on {merge['prompts']} prompts differ from the "
-              f"adapter model's by at most {merge['max_abs_diff_vs_adapter']:.2e} "
-              f"(tolerance {merge['atol']:g}) and from the base model's by "
-              f"{merge['max_abs_diff_vs_base']:.2e}.", ""]
+        L += [
+            "## Export",
+            "",
+            f"Merged model (LoRA folded in) in `merged/`. Reloaded with "
+            f"`AutoModelForCausalLM`, its logits on {merge['prompts']} prompts differ from the "
+            f"adapter model's by at most {merge['max_abs_diff_vs_adapter']:.2e} (largest "
+            f"|logit| {merge.get('max_abs_adapter_logit', float('nan')):.1f}; tolerance "
+            f"{merge['atol']:g} + {merge.get('rtol', 0):g} x |logit|) and from the base "
+            "model's by "
+            f"{merge['max_abs_diff_vs_base']:.2e}.",
+            "",
+        ]
 
     hw = env.get("hardware", {})
-    L += ["## Hardware and time", "",
-          f"{hw.get('cpu', '?')}, {hw.get('cpu_cores', '?')} cores "
-          f"({hw.get('torch_threads', '?')} torch threads), {hw.get('memory_gib', '?')} GiB "
-          f"RAM, GPU: {hw.get('gpu') or 'none'}.", "", "| stage | wall time (s) |", "|---|---:|"]
+    L += [
+        "## Hardware and time",
+        "",
+        f"{hw.get('cpu', '?')}, {hw.get('cpu_cores', '?')} cores "
+        f"({hw.get('torch_threads', '?')} torch threads), {hw.get('memory_gib', '?')} GiB "
+        f"RAM, GPU: {hw.get('gpu') or 'none'}.",
+        "",
+        "| stage | wall time (s) |",
+        "|---|---:|",
+    ]
     for k, v in timings.get("stages_s", {}).items():
         L.append(f"| {k} | {v:.1f} |")
     L += [f"| **total** | **{timings.get('total_s', 0):.1f}** |", ""]
@@ -154,19 +226,34 @@ def render_card(run: Path) -> str:
     L += ["## Framework versions", "", ", ".join(f"{k} {v}" for k, v in ver.items()), ""]
 
     meta = _load(run, "adapter/specialize.json") or {}
-    L += ["## How to load", "", "```python", "from peft import PeftModel",
-          "from transformers import AutoModelForCausalLM, AutoTokenizer", ""]
+    L += [
+        "## How to load",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+    ]
     files = meta.get("base_files", "BASE")
     if str(files).endswith(".gguf"):
         folder, gguf = str(Path(files).parent), Path(files).name
-        L += [f'base = AutoModelForCausalLM.from_pretrained("{folder}", gguf_file="{gguf}")',
-              f'tok = AutoTokenizer.from_pretrained("{folder}", gguf_file="{gguf}")']
+        L += [
+            f'base = AutoModelForCausalLM.from_pretrained("{folder}", gguf_file="{gguf}")',
+            f'tok = AutoTokenizer.from_pretrained("{folder}", gguf_file="{gguf}")',
+        ]
     else:
-        L += [f'base = AutoModelForCausalLM.from_pretrained("{files}")',
-              f'tok = AutoTokenizer.from_pretrained("{files}")']
-    L += ['model = PeftModel.from_pretrained(base, "adapter")', "",
-          "# or the merged model, no PEFT needed:",
-          'merged = AutoModelForCausalLM.from_pretrained("merged")', "```", ""]
+        L += [
+            f'base = AutoModelForCausalLM.from_pretrained("{files}")',
+            f'tok = AutoTokenizer.from_pretrained("{files}")',
+        ]
+    L += [
+        'model = PeftModel.from_pretrained(base, "adapter")',
+        "",
+        "# or the merged model, no PEFT needed:",
+        'merged = AutoModelForCausalLM.from_pretrained("merged")',
+        "```",
+        "",
+    ]
     return "\n".join(L)
 
 

@@ -30,12 +30,14 @@ def write_manifest(run_dir: Path, inputs: dict[str, Any]) -> dict[str, Any]:
         rel = path.relative_to(run_dir).as_posix()
         if rel == "manifest.json" or path.name.startswith("."):
             continue
-        artifacts.append({
-            "path": rel,
-            "sha256": sha256_file(path),
-            "bytes": path.stat().st_size,
-            "stage": STAGE_OF.get(rel.split("/", 1)[0], "other"),
-        })
+        artifacts.append(
+            {
+                "path": rel,
+                "sha256": sha256_file(path),
+                "bytes": path.stat().st_size,
+                "stage": STAGE_OF.get(rel.split("/", 1)[0], "other"),
+            }
+        )
     manifest = {"artifacts": artifacts, "inputs": inputs, "versions": versions()}
     write_json(run_dir / "manifest.json", manifest)
     return manifest

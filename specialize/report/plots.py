@@ -43,7 +43,9 @@ def metric_bars(metrics: dict[str, dict[str, float]], compare: dict[str, Any], o
     variants = list(metrics)
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
     for ax, key, label in zip(
-        axes, ("exact_match", "f1", "perplexity"), ("exact match", "token F1", "perplexity"),
+        axes,
+        ("exact_match", "f1", "perplexity"),
+        ("exact match", "token F1", "perplexity"),
         strict=True,
     ):
         vals = [metrics[v][key] for v in variants]

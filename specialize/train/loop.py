@@ -58,15 +58,15 @@ def setup(
     from transformers import get_cosine_schedule_with_warmup
 
     set_seed(cfg.seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision
+    )
     micro = math.ceil(len(train_examples) / cfg.batch_size)
     steps_per_epoch = max(1, math.ceil(micro / (cfg.grad_accum * accelerator.num_processes)))
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(
-        optimizer, round(cfg.warmup_ratio * total), total
-    )
+    scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total), total)
     loss_module, optimizer, scheduler = accelerator.prepare(
         MaskedCausalLMLoss(model), optimizer, scheduler
     )
@@ -75,8 +75,17 @@ def setup(
         for b in length_grouped_batches(val_examples, eval_batch_size, 0, shuffle=False)
     ]
     return TrainState(
-        cfg, accelerator, model, loss_module, optimizer, scheduler, train_examples,
-        val_batches, pad_id, total, steps_per_epoch,
+        cfg,
+        accelerator,
+        model,
+        loss_module,
+        optimizer,
+        scheduler,
+        train_examples,
+        val_batches,
+        pad_id,
+        total,
+        steps_per_epoch,
     )
 
 
@@ -98,12 +107,38 @@ def validate(state: TrainState) -> float:
     return float(total[0] / total[1])
 
 
+def accumulate_gradients(
+    state: TrainState, batches: list[dict[str, torch.Tensor]]
+) -> tuple[float, float]:
+    """Backward over one optimizer step's micro-batches; returns (global loss sum, tokens).
+
+    Each micro-batch's summed token loss is divided by the step's *global* target-token
+    count, so the gradient is the token-weighted mean however the step is cut into
+    micro-batches or processes.
+    """
+    acc = state.accelerator
+    local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+    n_total = float(acc.reduce(torch.tensor(float(local), device=acc.device), "sum"))
+    step_loss = 0.0
+    for i, b in enumerate(batches):
+        ctx = acc.no_sync(state.loss_module) if i < len(batches) - 1 else _nullcontext()
+        with ctx:
+            sums, _ = state.loss_module(**b)
+            # DDP averages gradients over processes; scale so the result is the global
+            # token-weighted mean.
+            acc.backward(sums.sum() * acc.num_processes / n_total)
+        step_loss += float(sums.detach().sum())
+    total = float(acc.reduce(torch.tensor(step_loss, device=acc.device), "sum"))
+    return total, n_total
+
+
 def fit(state: TrainState, progress: bool = True) -> dict[str, Any]:
     """Run optimizer steps until ``total_steps``; returns the loss history."""
     cfg, acc = state.cfg, state.accelerator
     state.loss_module.train()
-    bar = tqdm(total=state.total_steps, desc="train", unit="step", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=state.total_steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True
+    )
     t0 = time.perf_counter()
     tokens_seen = 0
     epoch = 0
@@ -116,21 +151,13 @@ def fit(state: TrainState, progress: bool = True) -> dict[str, Any]:
             if not group:
                 continue
             t_step = time.perf_counter()
-            batches = [{k: v.to(acc.device) for k, v in collate(b, state.pad_id).items()}
-                       for b in group]
-            local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
-            n_total = float(acc.reduce(torch.tensor(float(local), device=acc.device), "sum"))
-            step_loss = 0.0
-            for i, b in enumerate(batches):
-                sync = i == len(batches) - 1
-                ctx = acc.no_sync(state.loss_module) if not sync else _nullcontext()
-                with ctx:
-                    sums, _ = state.loss_module(**b)
-                    # DDP averages gradients over processes; scale so the result is the
-                    # global token-weighted mean.
-                    loss = sums.sum() * acc.num_processes / n_total
-                    acc.backward(loss)
-                step_loss += float(sums.sum())
+            batches = [
+                {k: v.to(acc.device) for k, v in collate(b, state.pad_id).items()} for b in group
+            ]
+            loss_sum, n_total = accumulate_gradients(state, batches)
+            if not math.isfinite(loss_sum):
+                # Stop before the optimizer applies a non-finite update.
+                raise FloatingPointError(f"loss became {loss_sum} at step {state.step + 1}")
             acc.clip_grad_norm_(
                 [p for p in state.model.parameters() if p.requires_grad], cfg.max_grad_norm
             )
@@ -140,20 +167,29 @@ def fit(state: TrainState, progress: bool = True) -> dict[str, Any]:
             state.step += 1
             real = sum(int(b["attention_mask"].sum()) for b in batches)
             tokens_seen += real
-            mean = float(acc.reduce(torch.tensor(step_loss, device=acc.device), "sum")) / n_total
+            mean = loss_sum / n_total
             dt = time.perf_counter() - t_step
             elapsed = time.perf_counter() - t0
-            rec = {"step": state.step, "epoch": epoch, "loss": mean,
-                   "lr": state.scheduler.get_last_lr()[0], "tokens": tokens_seen,
-                   "tokens_per_s": tokens_seen / elapsed}
+            rec = {
+                "step": state.step,
+                "epoch": epoch,
+                "loss": mean,
+                "lr": state.scheduler.get_last_lr()[0],
+                "tokens": tokens_seen,
+                "tokens_per_s": tokens_seen / elapsed,
+            }
             state.history["train"].append(rec)
-            if not math.isfinite(mean):
-                raise FloatingPointError(f"loss became {mean} at step {state.step}")
             bar.update(1)
             bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{real / dt:.0f}")
             if state.step % cfg.log_every == 0:
-                log.info("step %d/%d loss %.4f lr %.2e tokens/s %.0f", state.step,
-                         state.total_steps, mean, rec["lr"], rec["tokens_per_s"])
+                log.info(
+                    "step %d/%d loss %.4f lr %.2e tokens/s %.0f",
+                    state.step,
+                    state.total_steps,
+                    mean,
+                    rec["lr"],
+                    rec["tokens_per_s"],
+                )
             if state.step % cfg.eval_every == 0 or state.step == state.total_steps:
                 vl = validate(state)
                 state.history["validation"].append({"step": state.step, "loss": vl})
@@ -163,7 +199,10 @@ def fit(state: TrainState, progress: bool = True) -> dict[str, Any]:
     bar.close()
     wall = time.perf_counter() - t0
     state.history.update(
-        steps=state.step, epochs_run=epoch, wall_s=wall, tokens=tokens_seen,
+        steps=state.step,
+        epochs_run=epoch,
+        wall_s=wall,
+        tokens=tokens_seen,
         tokens_per_s=tokens_seen / wall if wall else 0.0,
     )
     return state.history

@@ -1,0 +1,111 @@
+"""LoRA wrapping, the masked loss, one optimizer step, merge and reload, on a tiny LLaMA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import FACTS, conversation
+
+from specialize.config import LoraConfig, TrainConfig
+from specialize.data.batches import collate, to_examples
+from specialize.errors import SpecializeError
+from specialize.models.load import load_model, load_tokenizer, resolve
+from specialize.train import loop
+from specialize.train.lora import apply_lora, resolve_targets
+from specialize.train.loss import MaskedCausalLMLoss
+
+
+@pytest.fixture()
+def tiny(tiny_llama):
+    src = resolve(str(tiny_llama))
+    return load_model(src), load_tokenizer(src)
+
+
+def examples(tok, n=8):
+    recs = [{"id": str(i), "messages": conversation(q, a)} for i, (q, a) in enumerate(FACTS[:n])]
+    return to_examples(recs, tok, "chatml", 256)[0]
+
+
+def test_masked_loss_equals_full_logits_cross_entropy(tiny):
+    model, tok = tiny
+    batch = collate(examples(tok, 4), tok.pad_token_id)
+    sums, counts = MaskedCausalLMLoss(model, chunk_rows=5)(**batch)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    ref = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+        batch["labels"][:, 1:].reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
+    assert float(sums.detach().sum()) == pytest.approx(float(ref.detach()), rel=1e-5)
+    assert int(counts.sum()) == int((batch["labels"][:, 1:] != -100).sum())
+
+
+def test_targets_resolve_presets_and_reject_unknown(tiny):
+    model, _ = tiny
+    att = resolve_targets(model, "attention")
+    assert len(att) == 2 * 4 and all(
+        n.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) for n in att
+    )
+    assert len(resolve_targets(model, "all-linear")) == 2 * 7
+    assert not any("lm_head" in n for n in resolve_targets(model, "all-linear"))
+    with pytest.raises(SpecializeError, match="target 'qkv' matches no linear module"):
+        resolve_targets(model, ["qkv"])
+
+
+def test_one_step_moves_adapter_and_freezes_base(tiny):
+    model, tok = tiny
+    peft_model, names = apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0), seed=0)
+    base_before = {
+        n: p.detach().clone() for n, p in peft_model.named_parameters() if not p.requires_grad
+    }
+    lora_before = {
+        n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad
+    }
+    assert lora_before and all("lora_" in n for n in lora_before)
+    # r=4 on 14 linear layers of a hidden-32 model: sum of r * (in + out) per layer.
+    expected = sum(
+        4 * (m.in_features + m.out_features)
+        for n, m in model.named_modules()
+        if n in set(names) and hasattr(m, "in_features")
+    )
+    assert sum(p.numel() for p in lora_before.values()) == expected
+    state = loop.setup(
+        peft_model,
+        examples(tok),
+        [],
+        TrainConfig(max_steps=1, batch_size=8, lr=1e-2),
+        tok.pad_token_id,
+    )
+    loop.fit(state, progress=False)
+    after = dict(peft_model.named_parameters())
+    assert all(torch.equal(after[n], p) for n, p in base_before.items())
+    lora_b = [n for n in lora_before if "lora_B" in n]
+    assert all(not torch.equal(after[n], lora_before[n]) for n in lora_b)
+
+
+def test_accumulation_matches_big_batch(tiny_llama):
+    """batch 8 x accumulation 1 == batch 1 x accumulation 8 (token-weighted loss)."""
+    grads, losses = [], []
+    for bs, acc in ((8, 1), (1, 8)):
+        src = resolve(str(tiny_llama))
+        model, tok = load_model(src), load_tokenizer(src)
+        peft_model, _ = apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0), seed=0)
+        with torch.no_grad():  # make lora_B non-zero so every LoRA weight gets a gradient
+            for n, p in peft_model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.02, generator=torch.Generator().manual_seed(len(n)))
+        ex = examples(tok)
+        state = loop.setup(
+            peft_model, ex, [], TrainConfig(batch_size=bs, grad_accum=acc), tok.pad_token_id
+        )
+        group = [ex[i : i + bs] for i in range(0, 8, bs)]
+        loss, n = loop.accumulate_gradients(state, [collate(b, tok.pad_token_id) for b in group])
+        losses.append(loss / n)
+        grads.append(
+            {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+        )
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7)
