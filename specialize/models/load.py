@@ -91,16 +91,34 @@ def load_tokenizer(source: ModelSource) -> Any:
     return tok
 
 
-def load_model(source: ModelSource, dtype: str = "float32") -> Any:
+def load_model(source: ModelSource, dtype: str = "float32", quantize: str = "none") -> Any:
+    """Load weights as ``dtype``; ``quantize="nf4"`` loads the frozen base in 4-bit (QLoRA)."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    extra: dict[str, Any] = {}
+    if quantize == "nf4":
+        if not torch.cuda.is_available():
+            raise SpecializeError("QLoRA (nf4) needs a CUDA GPU", field="lora.quantize")
+        if source.gguf_file:
+            raise SpecializeError(
+                "QLoRA needs a Hugging Face model folder, not a GGUF file", field="lora.quantize"
+            )
+        from transformers import BitsAndBytesConfig
+
+        extra["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        extra["device_map"] = {"": torch.cuda.current_device()}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(source.folder), dtype=getattr(torch, DTYPES[dtype]), **source.kwargs()
+            str(source.folder), dtype=getattr(torch, DTYPES[dtype]), **source.kwargs(), **extra
         )
     finally:
         hf_logging.set_verbosity(verbosity)
