@@ -109,3 +109,61 @@ def test_accumulation_matches_big_batch(tiny_llama):
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7)
+
+
+def test_early_stopping_restores_best_adapter(tiny):
+    model, tok = tiny
+    peft_model, _ = apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0), seed=0)
+    ex = examples(tok, 8)
+    # Validate on other data with a huge lr: validation loss gets worse, so training stops
+    # after `patience` bad validations and the best weights (step 0) come back.
+    state = loop.setup(
+        peft_model,
+        ex[:4],
+        ex[4:],
+        TrainConfig(
+            max_steps=50,
+            batch_size=2,
+            lr=0.5,
+            eval_every=1,
+            early_stopping_patience=2,
+            warmup_ratio=0.0,
+        ),
+        tok.pad_token_id,
+    )
+    start = {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+    hist = loop.fit(state, progress=False)
+    assert hist["early_stopped"] and hist["steps"] < 50
+    best = hist["best_step"]
+    vals = {v["step"]: v["loss"] for v in hist["validation"]}
+    assert vals[best] == min(vals.values())
+    if best == 0:
+        now = dict(peft_model.named_parameters())
+        assert all(torch.equal(now[n], p) for n, p in start.items())
+
+
+def test_gradient_checkpointing_gives_same_gradients(tiny_llama):
+    grads = []
+    for ckpt in (False, True):
+        src = resolve(str(tiny_llama))
+        model, tok = load_model(src), load_tokenizer(src)
+        peft_model, _ = apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0), seed=0)
+        with torch.no_grad():
+            for n, p in peft_model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.02, generator=torch.Generator().manual_seed(len(n)))
+        ex = examples(tok, 4)
+        state = loop.setup(
+            peft_model,
+            ex,
+            [],
+            TrainConfig(batch_size=4, gradient_checkpointing=ckpt),
+            tok.pad_token_id,
+        )
+        state.loss_module.train()
+        loop.accumulate_gradients(state, [collate(ex, tok.pad_token_id)])
+        grads.append(
+            {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+        )
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7)
