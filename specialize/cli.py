@@ -47,7 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from specialize.pipeline import run
 
     cfg = load_config(args.config or default_config(), _overrides(args.set))
-    run_dir = run(cfg, force=args.force, progress=not args.no_progress)
+    run_dir = run(cfg, force=args.force, progress=not args.no_progress, resume=args.resume)
     print(run_dir)
     return 0
 
@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
                 help="replace an existing run directory of the same name",
             )
             sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+            sp.add_argument(
+                "--resume",
+                action="store_true",
+                help="continue an interrupted run from its last complete checkpoint",
+            )
     sp = sub.add_parser("card", help="rewrite MODEL_CARD.md from a run directory")
     sp.add_argument("run_dir")
     sp.set_defaults(fn=cmd_card)

@@ -55,6 +55,11 @@ class ColumnMap(Section):
     prompt: str = Field("prompt", description="Column holding the user's message.")
     response: str = Field("response", description="Column holding the assistant's answer.")
     system: str | None = Field(None, description="Optional column holding a system message.")
+    text: list[str] = Field(
+        default_factory=lambda: ["text"],
+        description="cpt: column(s) joined (blank line between) into each document's text.",
+    )
+    id: str | None = Field(None, description="Column holding a stable record id (e.g. arxiv_id).")
 
 
 class SplitFractions(Section):
@@ -140,12 +145,18 @@ class DataConfig(Section):
         None, description="System message added to prompt-response records that have none."
     )
     split: SplitConfig = Field(default_factory=SplitConfig, description="How splits are made.")
+    max_train_records: int | None = Field(
+        None,
+        gt=0,
+        description="Train on at most this many records of the train split (a fixed, seeded "
+        "subset; the rest are counted as unused, never moved to another split).",
+    )
     leakage: LeakageConfig = Field(
         default_factory=LeakageConfig, description="Cross-split duplicate check."
     )
 
 
-LORA_PRESETS = ("attention", "mlp", "all-linear")
+LORA_PRESETS = ("attention", "mlp", "all-linear", "lm_head", "embeddings")
 
 
 class LoraConfig(Section):
@@ -154,7 +165,16 @@ class LoraConfig(Section):
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     targets: str | list[str] = Field(
         "all-linear",
-        description="A preset (attention, mlp, all-linear) or a list of module names.",
+        description="A preset (attention, mlp, all-linear, lm_head, embeddings), a module name, "
+        "or a list mixing both.",
+    )
+    experts: bool = Field(
+        False, description="Adapt mixture-of-experts expert weights (otherwise left frozen)."
+    )
+    dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA) through PEFT.")
+    rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r) (rsLoRA).")
+    quantize: Literal["none", "nf4"] = Field(
+        "none", description="nf4: QLoRA, the frozen base in 4-bit NF4 (bitsandbytes; needs CUDA)."
     )
 
     @model_validator(mode="after")
@@ -178,8 +198,33 @@ class TrainConfig(Section):
     batch_size: int = Field(8, gt=0, description="Conversations per micro-batch.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate of AdamW.")
+    scheduler: Literal["cosine", "linear", "cosine_with_restarts", "constant"] = Field(
+        "cosine", description="Learning-rate decay after warmup."
+    )
+    restarts: int = Field(2, ge=1, description="Cosine cycles for scheduler cosine_with_restarts.")
     warmup_ratio: float = Field(
-        0.05, ge=0, lt=1, description="Share of steps with linear warmup before cosine decay."
+        0.05, ge=0, lt=1, description="Share of steps with linear warmup before the decay."
+    )
+    warmup_steps: int | None = Field(
+        None, ge=0, description="Warmup in steps (overrides warmup_ratio)."
+    )
+    early_stopping_patience: int | None = Field(
+        None,
+        gt=0,
+        description="Stop after this many validation passes without improvement and keep the "
+        "best adapter (off when unset).",
+    )
+    early_stopping_min_delta: float = Field(
+        0.0, ge=0, description="Smallest validation-loss drop that counts as improvement."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward: less memory, ~30% more compute."
+    )
+    checkpoint_every: int | None = Field(
+        None,
+        gt=0,
+        description="Optimizer steps between resumable checkpoints (adapter, optimizer, "
+        "scheduler, RNG, data position); unset: none.",
     )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on LoRA weights.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
@@ -188,6 +233,11 @@ class TrainConfig(Section):
         "no",
         description="bf16: run forward/backward under bfloat16 autocast (weights, optimizer "
         "and loss stay float32); about 1.4x faster on CPUs with AVX512-BF16 or AMX.",
+    )
+    packing: bool = Field(
+        False,
+        description="sft: pack several conversations per row of chat.max_seq_len (positions "
+        "restart, no attention across them); batch_size then counts rows. cpt always packs.",
     )
     eval_every: int = Field(25, gt=0, description="Optimizer steps between validation-loss passes.")
     log_every: int = Field(5, gt=0, description="Optimizer steps between training-loss logs.")
@@ -225,6 +275,11 @@ class ExportConfig(Section):
 
 class RunConfig(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$", description="Run name and folder.")
+    mode: Literal["sft", "cpt"] = Field(
+        "sft",
+        description="sft: chat records, loss on assistant tokens; cpt: raw documents joined "
+        "with EOS and packed into rows of chat.max_seq_len, loss on every token.",
+    )
     output_dir: str = Field("runs", description="Parent folder of run directories.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Base model.")
     chat: ChatConfig = Field(default_factory=ChatConfig, description="Chat format.")
@@ -236,6 +291,12 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _compatible(self) -> RunConfig:
+        if self.train.early_stopping_patience and self.data.split.validation == 0:
+            if not self.data.split.rules:
+                raise ValueError(
+                    "train.early_stopping_patience needs a validation split "
+                    "(data.split.validation > 0)"
+                )
         if self.model.dtype == "float16":
             raise ValueError(
                 "model.dtype float16 cannot be trained stably (no loss scaling here); "
@@ -243,6 +304,8 @@ class RunConfig(Section):
             )
         if self.eval.max_new_tokens >= self.chat.max_seq_len:
             raise ValueError("eval.max_new_tokens must be smaller than chat.max_seq_len")
+        if self.mode == "cpt" and self.data.format != "auto":
+            raise ValueError("mode cpt reads documents; data.format applies to sft only")
         if self.data.format == "chat" and self.data.system_prompt is not None:
             raise ValueError(
                 "data.system_prompt applies to prompt-response data only; chat records carry "

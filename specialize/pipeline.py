@@ -13,21 +13,23 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from specialize.config import RunConfig
-from specialize.data.batches import to_examples
-from specialize.data.leakage import find_leaks, leak_report
-from specialize.data.read import data_files, read_records
-from specialize.data.split import assign_splits
+from specialize.data.batches import Example, pack, text_examples, to_examples
+from specialize.data.leakage import find_document_leaks, find_leaks, leak_report
+from specialize.data.read import data_files, read_documents, read_records
+from specialize.data.split import assign_splits, split_hash
 from specialize.errors import SpecializeError
-from specialize.io import sha256_file, write_json, write_jsonl, write_text
+from specialize.io import read_json, read_jsonl, sha256_file, write_json, write_jsonl, write_text
 from specialize.models.chat import check_format, render_prompt
 from specialize.models.load import is_tied, load_model, load_tokenizer, resolve
 from specialize.runinfo import Timer, hardware, versions
+from specialize.train.checkpoint import complete_checkpoints, fingerprint
 
 log = logging.getLogger("specialize")
 
@@ -35,18 +37,32 @@ log = logging.getLogger("specialize")
 def prepare_data(cfg: RunConfig, tokenizer: Any | None = None) -> dict[str, Any]:
     """Read, split and leak-check the data; with a tokenizer, also render and length-check."""
     path = cfg.resolve(cfg.data.path)
-    records, stats = read_records(
-        path, cfg.data.format, cfg.data.columns.model_dump(), cfg.data.system_prompt
-    )
+    cols = cfg.data.columns
+    if cfg.mode == "cpt":
+        records, stats = read_documents(path, cols.text, cols.id)
+    else:
+        records, stats = read_records(
+            path, cfg.data.format, cols.model_dump(), cfg.data.system_prompt
+        )
     splits = assign_splits(records, cfg.data.split)
+    unused = 0
+    if cfg.data.max_train_records and len(splits["train"]) > cfg.data.max_train_records:
+        ranked = sorted(splits["train"], key=lambda r: split_hash(cfg.data.split.seed, r["id"]))
+        keep = {r["id"] for r in ranked[: cfg.data.max_train_records]}
+        unused = len(splits["train"]) - len(keep)
+        splits["train"] = [r for r in splits["train"] if r["id"] in keep]
     if not splits["train"]:
         raise SpecializeError("the split rules leave no training records", field="data.split")
-    leaks = find_leaks(splits, cfg.data.leakage.threshold)
+    if cfg.mode == "cpt":
+        leaks = find_document_leaks(splits, cfg.data.leakage.threshold)
+    else:
+        leaks = find_leaks(splits, cfg.data.leakage.threshold)
     report = leak_report(leaks)
     if leaks and cfg.data.leakage.fail:
         first = leaks[0]
+        what = "documents" if cfg.mode == "cpt" else "question-answer pairs"
         raise SpecializeError(
-            f"{report['exact']} exact and {report['near']} near-duplicate question-answer pairs "
+            f"{report['exact']} exact and {report['near']} near-duplicate {what} "
             f"across splits, e.g. '{first.a_id}' ({first.a_split}) ~ '{first.b_id}' "
             f"({first.b_split}); fix the data or set data.leakage.fail: false",
             path=path,
@@ -58,18 +74,42 @@ def prepare_data(cfg: RunConfig, tokenizer: Any | None = None) -> dict[str, Any]
         "splits": splits,
         "read_stats": stats,
         "leakage": report,
+        "unused_train_records": unused,
     }
-    if tokenizer is not None:
+    if tokenizer is None:
+        return out
+    examples, counts = {}, {}
+    if cfg.mode == "cpt":
+        if tokenizer.eos_token_id is None:
+            raise SpecializeError(
+                "mode cpt joins documents with EOS, but the tokenizer has none", field="model.base"
+            )
+        for name, recs in splits.items():
+            docs = [
+                (r["id"], tokenizer(r["text"], add_special_tokens=False)["input_ids"]) for r in recs
+            ]
+            examples[name] = text_examples(docs, tokenizer.eos_token_id, cfg.chat.max_seq_len)
+            counts[name] = {
+                "documents": len(docs),
+                "split_into_chunks": sum(1 for e in examples[name] if not e.id.endswith("#0")),
+            }
+    else:
         fmt = cfg.chat.format
         check_format(tokenizer, fmt, [r["messages"] for r in records], where=str(path))
-        examples, counts = {}, {}
         for name, recs in splits.items():
             examples[name], counts[name] = to_examples(
                 recs, tokenizer, fmt, cfg.chat.max_seq_len, cfg.chat.overlength, str(path)
             )
-        out["examples"] = examples
-        out["length_counts"] = counts
+    out["examples"] = examples
+    out["length_counts"] = counts
     return out
+
+
+def training_rows(cfg: RunConfig, examples: list[Example]) -> list[Example]:
+    """What the optimizer sees: packed rows (cpt, or sft with train.packing) or examples."""
+    if cfg.mode == "cpt" or cfg.train.packing:
+        return pack(examples, cfg.chat.max_seq_len)
+    return examples
 
 
 def _data_stats(prepared: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
@@ -79,6 +119,7 @@ def _data_stats(prepared: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
         "read": prepared["read_stats"].as_dict(),
         "records": len(prepared["records"]),
         "splits": {k: len(v) for k, v in splits.items()},
+        "unused_train_records": prepared.get("unused_train_records", 0),
         "split_rule": cfg.data.split.model_dump(mode="json"),
         "leakage": {
             "exact": prepared["leakage"]["exact"],
@@ -111,10 +152,30 @@ def _count(records: list[dict[str, Any]], field: str) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def run(cfg: RunConfig, force: bool = False, progress: bool = True) -> Path:
-    """Run every stage of the config; returns the finished run directory."""
+def training_fingerprint(cfg: RunConfig, prepared: dict[str, Any]) -> str:
+    """What a checkpoint must match to be resumed: model, data, format, LoRA, optimisation."""
+    train = cfg.train.model_dump(exclude={"log_every", "eval_every", "checkpoint_every"})
+    return fingerprint(
+        {
+            "model": cfg.model.model_dump(),
+            "chat": cfg.chat.model_dump(),
+            "lora": cfg.lora.model_dump(),
+            "train": train,
+            "data": [e.id for e in prepared["examples"]["train"]],
+        }
+    )
 
-    from specialize.evaluate.evaluation import compare_variants, evaluate_variant
+
+def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool = False) -> Path:
+    """Run every stage of the config; returns the finished run directory."""
+    import torch
+
+    from specialize.evaluate.evaluation import (
+        compare_text_variants,
+        compare_variants,
+        evaluate_text_variant,
+        evaluate_variant,
+    )
     from specialize.export.merge import check_merged, logits_for, merge_and_save
     from specialize.report.card import write_card
     from specialize.report.manifest import write_manifest
@@ -125,6 +186,11 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True) -> Path:
     final = cfg.run_dir()
     if final.exists() and not force:
         raise SpecializeError("run directory already exists; use --force to replace it", path=final)
+    if cfg.lora.quantize == "nf4" and not torch.cuda.is_available():
+        raise SpecializeError(
+            "QLoRA (4-bit NF4 through bitsandbytes) needs a CUDA GPU; none is available here",
+            field="lora.quantize",
+        )
     timer = Timer()
     with timer.stage("data"):
         source = resolve(cfg.model.base, cfg._base_dir)
@@ -133,11 +199,45 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True) -> Path:
     splits, examples = prepared["splits"], prepared["examples"]
     eval_split = "test" if splits["test"] else "validation"
     eval_records = splits[eval_split][: cfg.eval.limit] if cfg.eval.limit else splits[eval_split]
+    if cfg.mode == "cpt":
+        keep = {r["id"] for r in eval_records}
+        eval_examples = [e for e in examples[eval_split] if e.id.rsplit("#", 1)[0] in keep]
 
-    stage = final.parent / f".{final.name}.partial"
-    if stage.exists():
-        shutil.rmtree(stage)
-    stage.mkdir(parents=True)
+    # Under torchrun / accelerate launch every process runs this function; only rank 0 writes
+    # the run directory, evaluates and exports. The others train (the loop synchronises them)
+    # and write their scratch files to a private folder that is removed at the end.
+    main = int(os.environ.get("RANK", "0")) == 0
+    shared_stage = final.parent / f".{final.name}.partial"
+    stage = shared_stage if main else Path(tempfile.mkdtemp(prefix=f".{final.name}.rank"))
+    ckpt_dir = shared_stage / "checkpoints"
+    fp = training_fingerprint(cfg, prepared)
+    if not main:
+        pass
+    elif resume and complete_checkpoints(ckpt_dir):
+        log.info("resuming in %s", stage)
+    else:
+        if resume:
+            log.info("no checkpoint to resume from in %s; starting fresh", stage)
+        if stage.exists():
+            shutil.rmtree(stage)
+        stage.mkdir(parents=True)
+
+    def evaluate(name: str, m: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        if cfg.mode == "cpt":
+            return evaluate_text_variant(
+                m, eval_examples, tokenizer.pad_token_id, cfg.eval.batch_size, name
+            )
+        return evaluate_variant(
+            m,
+            tokenizer,
+            eval_records,
+            cfg.chat.format,
+            cfg.eval.max_new_tokens,
+            cfg.eval.batch_size,
+            name,
+            progress,
+        )
+
     handler = logging.FileHandler(stage / "run.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
@@ -159,36 +259,36 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True) -> Path:
         )
 
         with timer.stage("load_model"):
-            model = load_model(source, cfg.model.dtype)
+            model = load_model(source, cfg.model.dtype, cfg.lora.quantize)
         log.info(
             "model: %s (%s, tied embeddings: %s)",
             source.describe(),
             type(model).__name__,
             is_tied(model),
         )
-        check_prompts = [
-            render_prompt(r["messages"][:-1], tokenizer, cfg.chat.format)
-            for r in eval_records[: cfg.export.check_prompts]
-        ] or [
-            render_prompt(r["messages"][:-1], tokenizer, cfg.chat.format)
-            for r in splits["train"][: cfg.export.check_prompts]
-        ]
+        if cfg.mode == "cpt":
+            pool = eval_examples or examples["train"]
+            check_prompts = [e.input_ids[:64] for e in pool[: cfg.export.check_prompts]]
+        else:
+            pool = eval_records or splits["train"]
+            check_prompts = [
+                render_prompt(r["messages"][:-1], tokenizer, cfg.chat.format)
+                for r in pool[: cfg.export.check_prompts]
+            ]
         base_logits = logits_for(model, check_prompts)
 
         metrics: dict[str, dict[str, Any]] = {}
         preds: dict[str, list[dict[str, Any]]] = {}
-        if cfg.eval.enabled and eval_records:
+        done_base = stage / "eval" / "base" / "metrics.json"
+        if not main:
+            pass
+        elif cfg.eval.enabled and eval_records and resume and done_base.exists():
+            preds["base"] = read_jsonl(stage / "eval" / "base" / "predictions.jsonl")
+            metrics["base"] = read_json(done_base)
+            log.info("base evaluation reused from the interrupted run")
+        elif cfg.eval.enabled and eval_records:
             with timer.stage("eval_base"):
-                preds["base"], metrics["base"] = evaluate_variant(
-                    model,
-                    tokenizer,
-                    eval_records,
-                    cfg.chat.format,
-                    cfg.eval.max_new_tokens,
-                    cfg.eval.batch_size,
-                    "base",
-                    progress,
-                )
+                preds["base"], metrics["base"] = evaluate("base", model)
             _save_eval(stage, "base", preds["base"], metrics["base"], eval_split)
 
         with timer.stage("train"):
@@ -205,24 +305,34 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True) -> Path:
             )
             state = loop.setup(
                 peft_model,
-                examples["train"],
+                training_rows(cfg, examples["train"]),
                 examples["validation"],
                 cfg.train,
                 tokenizer.pad_token_id,
                 cfg.eval.batch_size,
+                checkpoint_dir=ckpt_dir if cfg.train.checkpoint_every else None,
+                fingerprint=fp,
             )
+            if resume and cfg.train.checkpoint_every:
+                state.checkpoint_dir = ckpt_dir
+                loop.resume(state)
             log.info(
-                "training: %d steps (%d per epoch), %d examples, batch %d x accum %d",
+                "training: %d steps (%d per epoch), %d rows, batch %d x accum %d",
                 state.total_steps,
                 state.steps_per_epoch,
-                len(examples["train"]),
+                len(state.train_examples),
                 cfg.train.batch_size,
                 cfg.train.grad_accum,
             )
             try:
                 history = loop.fit(state, progress)
-            except FloatingPointError as e:
-                raise SpecializeError(f"training stopped: {e}", field="train.lr") from None
+            except loop.NonFiniteLoss as e:
+                last = complete_checkpoints(ckpt_dir)
+                keep = f"; last good checkpoint {last[-1]} (rerun with --resume)" if last else ""
+                raise SpecializeError(
+                    f"training stopped: {e}; lower train.lr or check the data{keep}",
+                    field="train.lr",
+                ) from None
             loop.save(state, stage / "adapter")
             write_json(
                 stage / "adapter" / "specialize.json",
@@ -244,41 +354,48 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True) -> Path:
             history["validation"][-1]["loss"],
         )
 
+        if not main:
+            shutil.rmtree(stage, ignore_errors=True)
+            return final
         if cfg.eval.enabled and eval_records:
             with timer.stage("eval_tuned"):
-                preds["tuned"], metrics["tuned"] = evaluate_variant(
-                    peft_model,
-                    tokenizer,
-                    eval_records,
-                    cfg.chat.format,
-                    cfg.eval.max_new_tokens,
-                    cfg.eval.batch_size,
-                    "tuned",
-                    progress,
-                )
+                preds["tuned"], metrics["tuned"] = evaluate("tuned", peft_model)
             _save_eval(stage, "tuned", preds["tuned"], metrics["tuned"], eval_split)
-            comparison = compare_variants(
-                preds["base"],
-                preds["tuned"],
-                cfg.eval.breakdown_by,
-                cfg.eval.bootstrap,
-                cfg.train.seed,
-            )
+            if cfg.mode == "cpt":
+                comparison = compare_text_variants(
+                    preds["base"], preds["tuned"], cfg.eval.bootstrap, cfg.train.seed
+                )
+            else:
+                comparison = compare_variants(
+                    preds["base"],
+                    preds["tuned"],
+                    cfg.eval.breakdown_by,
+                    cfg.eval.bootstrap,
+                    cfg.train.seed,
+                )
+                write_jsonl(stage / "eval" / "side_by_side.jsonl", _side_by_side(preds))
             comparison["split"] = eval_split
             write_json(stage / "eval" / "compare.json", comparison)
-            write_jsonl(stage / "eval" / "side_by_side.jsonl", _side_by_side(preds))
             metric_bars(metrics, comparison, stage / "plots" / "metrics.png")
             d = comparison["deltas"]
+            if "f1" in d:
+                log.info(
+                    "%s F1 base %.4f -> tuned %.4f (delta %+.4f, 95%% CI [%+.4f, %+.4f])",
+                    eval_split,
+                    metrics["base"]["f1"],
+                    metrics["tuned"]["f1"],
+                    d["f1"]["delta"],
+                    d["f1"]["ci_low"],
+                    d["f1"]["ci_high"],
+                )
             log.info(
-                "test F1 base %.4f -> tuned %.4f (delta %+.4f, 95%% CI [%+.4f, %+.4f]); "
-                "perplexity %.3f -> %.3f",
-                metrics["base"]["f1"],
-                metrics["tuned"]["f1"],
-                d["f1"]["delta"],
-                d["f1"]["ci_low"],
-                d["f1"]["ci_high"],
+                "%s perplexity base %.3f -> tuned %.3f (delta %+.3f, 95%% CI [%+.3f, %+.3f])",
+                eval_split,
                 metrics["base"]["perplexity"],
                 metrics["tuned"]["perplexity"],
+                d["perplexity"]["delta"],
+                d["perplexity"]["ci_low"],
+                d["perplexity"]["ci_high"],
             )
 
         if cfg.export.merge:
@@ -321,10 +438,20 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True) -> Path:
             "base_model": {"spec": cfg.model.base, "files": source.describe()},
         }
         write_manifest(stage, inputs)
-    except BaseException:
+    except BaseException as e:
         log.removeHandler(handler)
         handler.close()
-        shutil.rmtree(stage, ignore_errors=True)
+        if not main:
+            shutil.rmtree(stage, ignore_errors=True)
+        elif complete_checkpoints(ckpt_dir):
+            # Training progress is worth keeping: the hidden staging folder stays for --resume.
+            log.info("kept %s for `specialize run --resume`", stage)
+        else:
+            shutil.rmtree(stage, ignore_errors=True)
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+            raise SpecializeError(
+                f"could not write the run: {e.strerror or e}", path=stage
+            ) from None
         raise
     log.removeHandler(handler)
     handler.close()

@@ -90,7 +90,7 @@ def test_log_lines_and_trainable_parameter_count(tiny_run):
     per_layer = 4 * ((32 + 32) + 2 * (32 + 16) + (32 + 32) + 2 * (32 + 64) + (64 + 32))
     assert f"trainable params: {2 * per_layer:,}" in log
     assert "data: 15 records -> train" in log
-    assert "training: 3 steps" in log and "step 3 validation loss" in log
+    assert "training: 3 steps (3 per epoch), 9 rows" in log and "step 3 validation loss" in log
     assert "merged: max |logit diff| vs adapter" in log and "-> ok" in log
     counts = json.loads((tiny_run["dir"] / "train/adapted_modules.json").read_text())
     assert counts["parameters"]["trainable"] == 2 * per_layer
@@ -132,6 +132,7 @@ def test_model_card_numbers_come_from_run_files(tiny_run):
     assert f"| token F1 | {base['f1']:.4f} | {tuned['f1']:.4f} |" in card
     assert f"{comp['deltas']['f1']['ci_low']:+.4f}" in card
     assert f"| perplexity | {base['perplexity']:.3f} | {tuned['perplexity']:.3f}" in card
+    assert f"{comp['deltas']['perplexity']['ci_high']:+.3f}" in card
     assert "PeftModel.from_pretrained" in card
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, SHARED
 
 from specialize.config import load_config
 from specialize.errors import SpecializeError
@@ -20,7 +20,10 @@ def test_there_are_shipped_configs():
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_shipped_yaml_validates(path: Path):
     cfg = load_config(path)
-    assert cfg.resolve(cfg.data.path).exists(), "data.path must point at shipped data"
+    data = cfg.resolve(cfg.data.path)
+    if not data.exists() and "shared" in data.parts and not SHARED.is_dir():
+        pytest.skip("reads ../shared/data, which is absent here")
+    assert data.exists(), "data.path must point at shipped (or ../shared) data"
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -55,3 +55,12 @@ def test_paired_bootstrap_ci_contains_delta_and_is_paired():
     assert res["ci_low"] == pytest.approx(0.3) and res["ci_high"] == pytest.approx(0.3)
     with pytest.raises(ValueError, match="differ in length"):
         paired_bootstrap([1.0], [1.0, 2.0])
+
+
+def test_bootstrap_transform_gives_perplexity_delta():
+    import numpy as np
+
+    a, b = [2.0, 2.2, 1.8, 2.0], [1.0, 1.1, 0.9, 1.0]
+    res = paired_bootstrap(a, b, weights=[1, 1, 1, 1], samples=300, transform=np.exp)
+    assert res["delta"] == pytest.approx(math.exp(1.0) - math.exp(2.0))
+    assert res["ci_low"] <= res["delta"] <= res["ci_high"] < 0

@@ -25,6 +25,9 @@ class Example:
     id: str
     input_ids: list[int]
     labels: list[int]  # IGNORE where the mask is False
+    # Packed rows only: positions restart at 0 for every example in the row, which also
+    # tells the attention to keep examples apart (block-diagonal causal mask).
+    position_ids: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -71,17 +74,78 @@ def to_examples(
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example; padding is masked out of attention and loss."""
+    """Right-pad to the longest example; padding is masked out of attention and loss.
+
+    Packed rows carry ``position_ids``; padding then forms its own segment (positions from 0),
+    so no real token attends to it, and ``attention_mask`` only counts real tokens.
+    """
     width = max(len(e) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
     attn = torch.zeros((len(examples), width), dtype=torch.long)
+    packed = any(e.position_ids is not None for e in examples)
+    pos = torch.zeros((len(examples), width), dtype=torch.long) if packed else None
     for i, e in enumerate(examples):
         n = len(e)
         ids[i, :n] = torch.tensor(e.input_ids)
         labels[i, :n] = torch.tensor(e.labels)
         attn[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": attn, "labels": labels}
+        if pos is not None:
+            pos[i, :n] = torch.tensor(e.position_ids or list(range(n)))
+            pos[i, n:] = torch.arange(width - n)
+    out = {"input_ids": ids, "attention_mask": attn, "labels": labels}
+    if pos is not None:
+        out["position_ids"] = pos
+    return out
+
+
+def pack(examples: list[Example], row_len: int) -> list[Example]:
+    """Pack examples into rows of at most ``row_len`` tokens (first fit, longest first).
+
+    Each example keeps its own positions (restarting at 0) and its first token is never a
+    target, so the loss of a packed row is exactly the sum of its examples' losses: nothing
+    is predicted across an example boundary and no token attends to another example.
+    """
+    rows: list[list[Example]] = []
+    room: list[int] = []
+    for e in sorted(examples, key=len, reverse=True):
+        if len(e) > row_len:
+            raise ValueError(f"example '{e.id}' ({len(e)} tokens) exceeds the row length {row_len}")
+        for i, free in enumerate(room):
+            if len(e) <= free:
+                rows[i].append(e)
+                room[i] -= len(e)
+                break
+        else:
+            rows.append([e])
+            room.append(row_len - len(e))
+    packed = []
+    for r, members in enumerate(rows):
+        ids: list[int] = []
+        labels: list[int] = []
+        pos: list[int] = []
+        for e in members:
+            ids += e.input_ids
+            labels += [IGNORE] + e.labels[1:]
+            pos += list(range(len(e)))
+        packed.append(Example(f"row{r}:" + ",".join(e.id for e in members), ids, labels, pos))
+    return packed
+
+
+def text_examples(docs: list[tuple[str, list[int]]], eos_id: int, row_len: int) -> list[Example]:
+    """CPT: each document's ids + EOS, cut into chunks of at most ``row_len`` tokens.
+
+    Every token is a target except a chunk's first (it has no context inside its chunk).
+    """
+    out = []
+    for doc_id, ids in docs:
+        ids = ids + [eos_id]
+        for k, start in enumerate(range(0, len(ids), row_len)):
+            chunk = ids[start : start + row_len]
+            if len(chunk) < 2:
+                continue
+            out.append(Example(f"{doc_id}#{k}", chunk, [IGNORE] + chunk[1:]))
+    return out
 
 
 def length_grouped_batches(

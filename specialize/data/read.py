@@ -223,3 +223,67 @@ def _text(value: Any) -> str:
     if isinstance(value, float) and value != value:  # NaN from a table
         return ""
     return str(value)
+
+
+TEXT_SUFFIXES = (".txt", ".md")
+
+
+def read_documents(
+    path: Path, text_fields: list[str], id_field: str | None = None
+) -> tuple[list[Record], ReadStats]:
+    """Read raw documents for continued pre-training: ``{"id", "text", **metadata}``.
+
+    JSONL / CSV / Parquet rows join ``text_fields`` with a blank line; ``.txt`` / ``.md`` files
+    are one document each. Rows whose text is empty are counted and removed; a source with
+    no text at all is an error.
+    """
+    stats = ReadStats()
+    docs: list[Record] = []
+    seen: dict[str, str] = {}
+    files = [path] if path.is_file() else []
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES + TEXT_SUFFIXES)
+    elif not path.exists():
+        raise SpecializeError("data file not found", path=path, field="data.path")
+    if not files or any(f.suffix not in SUFFIXES + TEXT_SUFFIXES for f in files):
+        raise SpecializeError(
+            f"no {', '.join(SUFFIXES + TEXT_SUFFIXES)} files", path=path, field="data.path"
+        )
+    for file in files:
+        n0 = len(docs)
+        if file.suffix in TEXT_SUFFIXES:
+            rows: Any = [(1, {"id": file.stem, "text": file.read_text(encoding="utf-8")})]
+            fields = ["text"]
+        else:
+            rows, fields = _rows(file), text_fields
+        for line, row in rows:
+            missing = [f for f in fields if f not in row]
+            if missing:
+                raise SpecializeError(
+                    f"no column '{missing[0]}' (columns: {', '.join(map(str, row))}); set "
+                    "data.columns.text",
+                    path=file,
+                    line=line,
+                    field="data.columns.text",
+                )
+            text = "\n\n".join(_text(row[f]).strip() for f in fields if _text(row[f]).strip())
+            if not text:
+                stats.removed_empty += 1
+                stats.removed_rows.append(f"{file.name}:{line}")
+                continue
+            rid = (
+                str(row[id_field])
+                if id_field and row.get(id_field)
+                else str(row.get("id", f"{file.stem}-{line}"))
+            )
+            if rid in seen:
+                raise SpecializeError(
+                    f"duplicate id '{rid}' (first at {seen[rid]})", path=file, line=line, field="id"
+                )
+            seen[rid] = f"{file.name}:{line}"
+            meta = {k: v for k, v in row.items() if k not in fields and k != "id"}
+            docs.append({"id": rid, "text": text, **meta})
+        stats.files[file.name] = len(docs) - n0
+    if not docs:
+        raise SpecializeError("no document has any text", path=path, field="data.columns.text")
+    return docs, stats

@@ -26,6 +26,11 @@ from specialize.errors import SpecializeError
 SPLITS = ("train", "validation", "test")
 
 
+def split_hash(seed: int, key: str) -> float:
+    """Uniform number in [0, 1) from (seed, key): the same on every machine and run."""
+    return _unit(seed, key)
+
+
 def _unit(seed: int, key: str) -> float:
     digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64

@@ -12,6 +12,8 @@ import math
 import time
 from typing import Any
 
+import numpy as np
+
 from specialize.data.batches import collate, length_grouped_batches, to_examples
 from specialize.data.read import Record
 from specialize.evaluate.compare import breakdown, paired_bootstrap
@@ -116,15 +118,13 @@ def compare_variants(
         out["deltas"][metric] = paired_bootstrap(
             [p[metric] for p in base], [p[metric] for p in tuned], samples=samples, seed=seed
         )
-    # Token-weighted mean loss: per-record mean losses weighted by token counts.
+    # Token-weighted mean loss (per-record mean losses weighted by token counts), and the
+    # perplexity it implies, resampled together.
     w = [p["loss_tokens"] for p in base]
-    out["deltas"]["loss"] = paired_bootstrap(
-        [p["loss_sum"] / max(p["loss_tokens"], 1) for p in base],
-        [p["loss_sum"] / max(p["loss_tokens"], 1) for p in tuned],
-        weights=w,
-        samples=samples,
-        seed=seed,
-    )
+    per_a = [p["loss_sum"] / max(p["loss_tokens"], 1) for p in base]
+    per_b = [p["loss_sum"] / max(p["loss_tokens"], 1) for p in tuned]
+    out["deltas"]["loss"] = paired_bootstrap(per_a, per_b, w, samples, seed)
+    out["deltas"]["perplexity"] = paired_bootstrap(per_a, per_b, w, samples, seed, np.exp)
     records = [p["meta"] for p in base]
     for field in breakdown_by:
         if not any(field in r for r in records):
@@ -140,3 +140,49 @@ def compare_variants(
 
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
+
+
+def evaluate_text_variant(
+    model: Any, examples: list[Any], pad_id: int, batch_size: int, name: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Held-out perplexity of raw documents: per-document loss over all of its tokens."""
+    t0 = time.perf_counter()
+    loss_module = MaskedCausalLMLoss(model)
+    batches = length_grouped_batches(examples, batch_size, 0, shuffle=False)
+    sums, counts = evaluate_loss(loss_module, [collate(b, pad_id) for b in batches])
+    per_doc: dict[str, list[float]] = {}
+    for e, s, n in zip([e for b in batches for e in b], sums, counts, strict=True):
+        acc = per_doc.setdefault(e.id.rsplit("#", 1)[0], [0.0, 0])
+        acc[0] += s
+        acc[1] += n
+    order = list(dict.fromkeys(e.id.rsplit("#", 1)[0] for e in examples))
+    preds = [{"id": d, "loss_sum": per_doc[d][0], "loss_tokens": per_doc[d][1]} for d in order]
+    loss_sum, n_tok = sum(p["loss_sum"] for p in preds), sum(p["loss_tokens"] for p in preds)
+    metrics = {
+        "variant": name,
+        "n": len(preds),
+        "tokens": n_tok,
+        "loss": loss_sum / n_tok if n_tok else math.nan,
+        "perplexity": perplexity(loss_sum, n_tok),
+        "wall_s": time.perf_counter() - t0,
+    }
+    return preds, metrics
+
+
+def compare_text_variants(
+    base: list[dict[str, Any]], tuned: list[dict[str, Any]], samples: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """Perplexity and loss deltas over documents with paired bootstrap CIs."""
+    if [p["id"] for p in base] != [p["id"] for p in tuned]:
+        raise ValueError("variants were evaluated on different documents")
+    w = [p["loss_tokens"] for p in base]
+    per_a = [p["loss_sum"] / max(p["loss_tokens"], 1) for p in base]
+    per_b = [p["loss_sum"] / max(p["loss_tokens"], 1) for p in tuned]
+    return {
+        "n": len(base),
+        "deltas": {
+            "loss": paired_bootstrap(per_a, per_b, w, samples, seed),
+            "perplexity": paired_bootstrap(per_a, per_b, w, samples, seed, np.exp),
+        },
+        "breakdowns": {},
+    }

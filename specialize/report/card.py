@@ -115,7 +115,22 @@ def render_card(run: Path) -> str:
         ("trainable parameters", f"{adapted.get('parameters', {}).get('trainable', 0):,}"),
         ("optimizer", "AdamW"),
         ("learning rate", tr["lr"]),
-        ("schedule", f"linear warmup ({tr['warmup_ratio']:.0%}) + cosine"),
+        (
+            "schedule",
+            f"{tr['scheduler']}, warmup "
+            + (
+                f"{tr['warmup_steps']} steps"
+                if tr.get("warmup_steps") is not None
+                else f"{tr['warmup_ratio']:.0%} of steps"
+            ),
+        ),
+        ("mixed precision", tr.get("mixed_precision", "no")),
+        ("packing", "yes" if cfg.get("mode") == "cpt" or tr.get("packing") else "no"),
+        (
+            "DoRA / rsLoRA / QLoRA",
+            f"{lora.get('dora', False)} / {lora.get('rslora', False)} / "
+            f"{lora.get('quantize', 'none')}",
+        ),
         ("weight decay", tr["weight_decay"]),
         ("max grad norm", tr["max_grad_norm"]),
         ("batch size x grad accumulation", f"{tr['batch_size']} x {tr['grad_accum']}"),
@@ -148,20 +163,33 @@ def render_card(run: Path) -> str:
             "|---|---:|---:|---|",
         ]
         d = comp["deltas"]
+        qa = "f1" in base
+        if qa:
+            L.append(
+                f"| exact match | {_fmt(base['exact_match'])} | "
+                f"{_fmt(tuned['exact_match'])} | {_ci(d['exact_match'])} |"
+            )
+            L.append(f"| token F1 | {_fmt(base['f1'])} | {_fmt(tuned['f1'])} | {_ci(d['f1'])} |")
+        what = "answer tokens" if qa else "all tokens"
         L.append(
-            f"| exact match | {_fmt(base['exact_match'])} | {_fmt(tuned['exact_match'])} "
-            f"| {_ci(d['exact_match'])} |"
-        )
-        L.append(f"| token F1 | {_fmt(base['f1'])} | {_fmt(tuned['f1'])} | {_ci(d['f1'])} |")
-        L.append(
-            f"| loss (answer tokens) | {_fmt(base['loss'])} | {_fmt(tuned['loss'])} "
-            f"| {_ci(d['loss'])} |"
+            f"| loss ({what}) | {_fmt(base['loss'])} | {_fmt(tuned['loss'])} | {_ci(d['loss'])} |"
         )
         L.append(
             f"| perplexity | {_fmt(base['perplexity'], 3)} | "
             f"{_fmt(tuned['perplexity'], 3)} | "
-            f"{tuned['perplexity'] - base['perplexity']:+.3f} |"
+            f"{_ci(d['perplexity'], 3) if 'perplexity' in d else ''} |"
         )
+        if not qa:
+            change = tuned["perplexity"] / base["perplexity"] - 1
+            L += [
+                "",
+                f"Held-out perplexity changed by {change:+.1%} over {base.get('tokens', '?')}"
+                " tokens of documents never trained on.",
+                "",
+                "![metrics](plots/metrics.png)",
+                "",
+            ]
+    if base and tuned and comp and "f1" in base:
         L.append(
             f"| answers ending at end-of-turn | {_fmt(base['stopped_rate'], 3)} | "
             f"{_fmt(tuned['stopped_rate'], 3)} | |"

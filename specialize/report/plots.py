@@ -41,13 +41,10 @@ def metric_bars(metrics: dict[str, dict[str, float]], compare: dict[str, Any], o
     """Base vs tuned on EM and F1 (with the delta's CI in the title) and perplexity."""
     plt = _plt()
     variants = list(metrics)
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
-    for ax, key, label in zip(
-        axes,
-        ("exact_match", "f1", "perplexity"),
-        ("exact match", "token F1", "perplexity"),
-        strict=True,
-    ):
+    keys = [("exact_match", "exact match"), ("f1", "token F1"), ("perplexity", "perplexity")]
+    keys = [(k, label) for k, label in keys if all(k in metrics[v] for v in variants)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 3.6), squeeze=False)
+    for ax, (key, label) in zip(axes[0], keys, strict=True):
         vals = [metrics[v][key] for v in variants]
         bars = ax.bar(variants, vals, color=["#8a8a8a", "#2b7bb9", "#e08a2b"][: len(variants)])
         ax.bar_label(bars, fmt="%.3g")
@@ -56,7 +53,8 @@ def metric_bars(metrics: dict[str, dict[str, float]], compare: dict[str, Any], o
         if d:
             title += f"\nΔ {d['delta']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
         ax.set_title(title, fontsize=9)
-    fig.suptitle("Test split: base vs tuned (Δ with paired-bootstrap 95% CI)", fontsize=10)
+    split = compare.get("split", "test")
+    fig.suptitle(f"{split} split: base vs tuned (Δ with paired-bootstrap 95% CI)", fontsize=10)
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

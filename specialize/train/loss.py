@@ -34,10 +34,20 @@ class MaskedCausalLMLoss(nn.Module):
         self.chunk_rows = chunk_rows
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         backbone, head = _backbone_and_head(self.model)
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if position_ids is not None:
+            # Packed rows: restarting positions define the segments; transformers builds the
+            # block-diagonal causal mask from them when no 2D attention mask is given.
+            out = backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=None)
+        else:
+            out = backbone(input_ids=input_ids, attention_mask=attention_mask)
+        hidden = out.last_hidden_state
         targets = labels[:, 1:]
         keep = targets != IGNORE
         rows = keep.nonzero(as_tuple=True)[0]
@@ -47,9 +57,13 @@ class MaskedCausalLMLoss(nn.Module):
         for s in range(0, h.shape[0], self.chunk_rows):
             logits = head(h[s : s + self.chunk_rows]).float()
             losses.append(F.cross_entropy(logits, y[s : s + self.chunk_rows], reduction="none"))
-        tok_loss = torch.cat(losses) if losses else hidden.new_zeros(0)
         per_row = hidden.new_zeros(input_ids.shape[0], dtype=torch.float32)
-        per_row = per_row.index_add(0, rows, tok_loss)
+        if losses:
+            per_row = per_row.index_add(0, rows, torch.cat(losses))
+        else:
+            # No targets (e.g. a process's idle slot at an epoch end): a zero that still
+            # depends on every trainable weight, so DDP's gradient all-reduce happens.
+            per_row = per_row + head(hidden[0, :1]).float().sum() * 0.0
         return per_row, keep.sum(1)
 
 
