@@ -76,6 +76,12 @@ def cmd_card(args: argparse.Namespace) -> int:
     if not (run_dir / "config.yaml").is_file():
         raise SpecializeError("not a run directory (no config.yaml)", path=run_dir)
     print(write_card(run_dir))
+    manifest = run_dir / "manifest.json"
+    if manifest.is_file():  # keep the card's sha256 in the manifest true
+        from specialize.io import read_json
+        from specialize.report.manifest import write_manifest
+
+        write_manifest(run_dir, read_json(manifest).get("inputs", {}))
     return 0
 
 

@@ -31,6 +31,16 @@ def _ci(d: dict[str, float], digits: int = 4) -> str:
     return f"{d['delta']:+.{digits}f} [{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}]"
 
 
+def _overlength(stats: dict[str, Any]) -> str:
+    counts = stats.get("overlength", {})
+    trunc = sum(c.get("truncated", 0) for c in counts.values())
+    dropped = sum(c.get("dropped_too_long", 0) for c in counts.values())
+    chunked = sum(c.get("split_into_chunks", 0) for c in counts.values())
+    if chunked:
+        return f"{chunked} extra chunks from documents longer than a row"
+    return f"{trunc} truncated, {dropped} dropped"
+
+
 def render_card(run: Path) -> str:
     cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     stats = _load(run, "data/stats.json") or {}
@@ -80,7 +90,7 @@ def render_card(run: Path) -> str:
     if "by_kind" in stats:
         kinds = sorted({k for v in stats["by_kind"].values() for k in v})
         L += [
-            "Records by kind: | " + " | ".join(kinds) + " |",
+            "Records by kind:",
             "",
             "| split | " + " | ".join(kinds) + " |",
             "|---|" + "---:|" * len(kinds),
@@ -92,7 +102,7 @@ def render_card(run: Path) -> str:
     lk = stats.get("leakage", {})
     L += [
         f"Removed while reading: {read.get('removed_empty_rows', 0)} empty rows. "
-        f"Over-length: {stats.get('overlength', {})}. "
+        f"Over the length limit: {_overlength(stats)}. "
         f"Cross-split leakage check (threshold {lk.get('threshold')}): "
         f"{lk.get('exact', '?')} exact, {lk.get('near', '?')} near-duplicate pairs.",
         "",
@@ -134,7 +144,12 @@ def render_card(run: Path) -> str:
         ("weight decay", tr["weight_decay"]),
         ("max grad norm", tr["max_grad_norm"]),
         ("batch size x grad accumulation", f"{tr['batch_size']} x {tr['grad_accum']}"),
-        ("epochs / steps", f"{tr['epochs']} / {hist.get('steps', '?')}"),
+        (
+            "steps run",
+            f"{hist.get('steps', '?')} (max_steps {tr['max_steps']})"
+            if tr.get("max_steps")
+            else f"{hist.get('steps', '?')} ({tr['epochs']} epochs)",
+        ),
         ("max sequence length", cfg["chat"]["max_seq_len"]),
         ("seed", tr["seed"]),
     ]
