@@ -268,8 +268,8 @@ class ExportConfig(Section):
     rtol: float = Field(
         1e-5,
         ge=0,
-        description="Relative part: each logit may differ by atol + rtol * |adapter logit| "
-        "(float32 rounding grows with depth and logit size, as in torch.allclose).",
+        description="Relative part: logits may differ by atol + rtol * (largest |logit| of the "
+        "prompt); float32 rounding through many layers grows with the activations' scale.",
     )
 
 

@@ -421,7 +421,7 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
                 raise SpecializeError(
                     f"merged model disagrees with the adapter model (max |diff| "
                     f"{check['max_abs_diff_vs_adapter']:.2e}, tolerance atol "
-                    f"{cfg.export.atol:g} + rtol {cfg.export.rtol:g} x |logit|) or equals the "
+                    f"{cfg.export.atol:g} + rtol {cfg.export.rtol:g} x max |logit|) or equals the "
                     f"base model (max |diff| vs base {check['max_abs_diff_vs_base']:.2e})",
                     field="export.atol",
                 )

@@ -167,3 +167,12 @@ def test_gradient_checkpointing_gives_same_gradients(tiny_llama):
         )
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7)
+
+
+def test_merge_tolerance_scales_with_the_prompts_largest_logit():
+    from specialize.export.merge import worst_excess
+
+    ref = [torch.tensor([25.0, 0.5])]
+    assert worst_excess([torch.tensor([25.0, 0.5 + 1.2e-4])], ref, 1e-4, 1e-5) <= 0
+    assert worst_excess([torch.tensor([25.0, 0.5 + 5e-4])], ref, 1e-4, 1e-5) > 0
+    assert worst_excess([torch.tensor([25.0, 0.5 + 2e-4])], ref, 1e-4, 0.0) > 0

@@ -26,9 +26,15 @@ def max_abs_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 
 def worst_excess(a: list[torch.Tensor], b: list[torch.Tensor], atol: float, rtol: float) -> float:
-    """max(|a - b| - (atol + rtol * |b|)): <= 0 exactly when torch.allclose(a, b) holds."""
+    """max(|a - b| - (atol + rtol * max|b| of the prompt)); <= 0 means the check passes.
+
+    float32 rounding in a deep network grows with the scale of the activations, so the
+    tolerance scales with the prompt's largest logit rather than with each logit (a logit
+    near zero carries the same absolute rounding error as its large neighbours).
+    """
     return max(
-        float(((x - y).abs() - (atol + rtol * y.abs())).max()) for x, y in zip(a, b, strict=True)
+        float(((x - y).abs() - (atol + rtol * y.abs().max())).max())
+        for x, y in zip(a, b, strict=True)
     )
 
 

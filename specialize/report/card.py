@@ -245,7 +245,7 @@ def render_card(run: Path) -> str:
             f"`AutoModelForCausalLM`, its logits on {merge['prompts']} prompts differ from the "
             f"adapter model's by at most {merge['max_abs_diff_vs_adapter']:.2e} (largest "
             f"|logit| {merge.get('max_abs_adapter_logit', float('nan')):.1f}; tolerance "
-            f"{merge['atol']:g} + {merge.get('rtol', 0):g} x |logit|) and from the base "
+            f"{merge['atol']:g} + {merge.get('rtol', 0):g} x largest |logit|) and from the base "
             "model's by "
             f"{merge['max_abs_diff_vs_base']:.2e}.",
             "",
