@@ -234,9 +234,17 @@ def run_specialize(settings: dict[str, Any]) -> dict[str, Any]:
     )
     row_len = settings["specialize_pack"]
     if row_len:
-        train = pack(examples, row_len)
-        mean_len = sum(len(e) for e in examples) / len(examples)
-        batch = max(1, round(settings["batch"] * mean_len / row_len))
+        # Same number of optimizer steps per epoch as the systems that batch conversations
+        # (ceil(records / batch)), with about the same tokens per step: two rows per step,
+        # and the longest row length <= ROW_LEN whose packing yields enough rows.
+        steps = -(-len(examples) // settings["batch"])
+        batch = 2
+        longest = max(len(e) for e in examples)
+        for length in range(row_len, longest - 1, -8):
+            train = pack(examples, length)
+            if -(-len(train) // batch) >= steps:
+                row_len = length
+                break
         layout = f"packed rows of <= {row_len} tokens, {batch} rows per step"
     else:
         train, batch = examples, settings["batch"]
@@ -519,7 +527,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--specialize-pack",
         type=int,
-        default=0,
+        default=1024,
         metavar="ROW_LEN",
         help="specialize: pack into rows of ROW_LEN tokens (0: length-grouped batches)",
     )

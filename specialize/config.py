@@ -348,6 +348,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         raise SpecializeError(f"malformed YAML: {problem}", path=path, line=line) from None
     if not isinstance(raw, dict):
         raise SpecializeError("a config must be a YAML mapping of sections", path=path, line=1)
+    _no_duplicate_keys(node, path)
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)
     try:
@@ -356,6 +357,27 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         raise _one_line(e, path, node) from None
     cfg._base_dir = path.resolve().parent
     return cfg
+
+
+def _no_duplicate_keys(node: yaml.Node | None, path: Path, prefix: str = "") -> None:
+    """PyYAML keeps the last of two equal keys; a config that says a thing twice is an error."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for k, v in node.value:
+            key = str(k.value)
+            line = k.start_mark.line + 1
+            if key in seen:
+                raise SpecializeError(
+                    f"duplicate key (first on line {seen[key]})",
+                    path=path,
+                    line=line,
+                    field=prefix + key,
+                )
+            seen[key] = line
+            _no_duplicate_keys(v, path, f"{prefix}{key}.")
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _no_duplicate_keys(v, path, f"{prefix[:-1]}[{i}].")
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:

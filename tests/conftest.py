@@ -136,8 +136,8 @@ def write_tiny_config(folder: Path, model: Path, data: Path, **extra: str) -> Pa
         "eval: {max_new_tokens: 8, batch_size: 4, bootstrap: 200}",
         "export: {check_prompts: 2}",
     ]
-    for key, value in extra.items():
-        lines.append(f"{key}: {value}")
+    for key, value in extra.items():  # replace a section, or add a new one
+        lines = [ln for ln in lines if not ln.startswith(f"{key}:")] + [f"{key}: {value}"]
     path = folder / "config.yaml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

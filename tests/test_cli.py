@@ -260,3 +260,24 @@ def test_cli_exit_code_in_a_real_process(tmp_path):
     assert proc.stderr.strip() == (
         f"specialize: error: {bad}:2 field 'lora.dropuot': unknown key; did you mean 'dropout'?"
     )
+
+
+def test_bad_target_matching_no_module(tmp_path, tiny_llama, capsys):
+    err = _bad(tmp_path, tiny_llama, capsys, lora="{targets: [wq, wk]}")
+    assert "field 'lora.targets': target 'wq' matches no linear module" in err
+
+
+def test_bad_preset_the_architecture_lacks(tmp_path, tiny_gpt_oss, capsys):
+    data = write_tiny_data(tmp_path / "data")
+    cfg = write_tiny_config(tmp_path, tiny_gpt_oss, data, lora="{targets: mlp}")
+    cfg.write_text(cfg.read_text().replace("format: chatml", "format: harmony"))
+    assert main(["run", str(cfg), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "field 'lora.targets': preset 'mlp' matches no module of GptOssForCausalLM" in err
+    assert "lora.experts: true" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_bad_qlora_without_cuda(tmp_path, tiny_llama, capsys):
+    err = _bad(tmp_path, tiny_llama, capsys, lora="{quantize: nf4}")
+    assert "field 'lora.quantize': QLoRA" in err and "needs a CUDA GPU" in err
