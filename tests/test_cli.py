@@ -270,7 +270,11 @@ def test_bad_target_matching_no_module(tmp_path, tiny_llama, capsys):
 def test_bad_preset_the_architecture_lacks(tmp_path, tiny_gpt_oss, capsys):
     data = write_tiny_data(tmp_path / "data")
     cfg = write_tiny_config(tmp_path, tiny_gpt_oss, data, lora="{targets: mlp}")
-    cfg.write_text(cfg.read_text().replace("format: chatml", "format: harmony"))
+    cfg.write_text(
+        cfg.read_text().replace(
+            "format: chatml, max_seq_len: 256", "format: harmony, max_seq_len: 1024"
+        )
+    )
     assert main(["run", str(cfg), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "field 'lora.targets': preset 'mlp' matches no module of GptOssForCausalLM" in err

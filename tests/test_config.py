@@ -89,6 +89,9 @@ def test_overrides_are_validated(tmp_path):
 
 def test_duplicate_keys_are_rejected_with_both_lines(tmp_path):
     p = write(tmp_path, "data: {path: x.jsonl}\ntrain:\n  lr: 0.1\n  lr: 0.2\n")
-    with pytest.raises(SpecializeError, match=r"c\.yaml:4 field 'train\.lr': duplicate key "
-                                              r"\(first on line 3\)"):
+    with pytest.raises(
+        SpecializeError,
+        match=r"c\.yaml:4 field 'train\.lr': duplicate key "
+        r"\(first on line 3\)",
+    ):
         load_config(p)
