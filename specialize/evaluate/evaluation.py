@@ -48,7 +48,9 @@ def evaluate_variant(
     examples, _ = to_examples(records, tokenizer, fmt, max_len=10**9)
     loss_module = MaskedCausalLMLoss(model)
     batches = length_grouped_batches(examples, batch_size, 0, shuffle=False)
-    sums, counts = evaluate_loss(loss_module, [collate(b, tokenizer.pad_token_id) for b in batches])
+    sums, counts = evaluate_loss(
+        loss_module, [collate(b, tokenizer.pad_token_id) for b in batches], desc=f"loss {name}"
+    )
     by_id = {}
     flat = [e for b in batches for e in b]
     for e, s, n in zip(flat, sums, counts, strict=True):
@@ -149,7 +151,9 @@ def evaluate_text_variant(
     t0 = time.perf_counter()
     loss_module = MaskedCausalLMLoss(model)
     batches = length_grouped_batches(examples, batch_size, 0, shuffle=False)
-    sums, counts = evaluate_loss(loss_module, [collate(b, pad_id) for b in batches])
+    sums, counts = evaluate_loss(
+        loss_module, [collate(b, pad_id) for b in batches], desc=f"perplexity {name}"
+    )
     per_doc: dict[str, list[float]] = {}
     for e, s, n in zip([e for b in batches for e in b], sums, counts, strict=True):
         acc = per_doc.setdefault(e.id.rsplit("#", 1)[0], [0.0, 0])

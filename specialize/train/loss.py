@@ -69,16 +69,30 @@ class MaskedCausalLMLoss(nn.Module):
 
 @torch.no_grad()
 def evaluate_loss(
-    loss_module: MaskedCausalLMLoss, batches: list[dict[str, Any]]
+    loss_module: MaskedCausalLMLoss, batches: list[dict[str, Any]], desc: str | None = None
 ) -> tuple[list[float], list[int]]:
-    """Per-row summed loss and target counts over batches (in batch order)."""
+    """Per-row summed loss and target counts over batches (in batch order).
+
+    With ``desc``, a progress bar (in rows) is shown: held-out scoring can take minutes.
+    """
+    from tqdm.auto import tqdm
+
     was_training = loss_module.training
     loss_module.eval()
     sums: list[float] = []
     counts: list[int] = []
+    bar = tqdm(
+        total=sum(len(b["input_ids"]) for b in batches),
+        desc=desc,
+        unit="row",
+        disable=desc is None,
+        dynamic_ncols=True,
+    )
     for b in batches:
         s, n = loss_module(b["input_ids"], b["attention_mask"], b["labels"])
         sums += s.tolist()
         counts += n.tolist()
+        bar.update(len(b["input_ids"]))
+    bar.close()
     loss_module.train(was_training)
     return sums, counts
