@@ -265,6 +265,11 @@ class ExportConfig(Section):
     atol: float = Field(
         1e-4, gt=0, description="Absolute part of the merged-vs-adapter logit tolerance."
     )
+    check_dtype: Literal["float64", "float32"] = Field(
+        "float64",
+        description="Precision of the merged-vs-adapter logit check: float64 isolates merge "
+        "errors from float32 rounding in a deep forward pass (needs 2x the model's memory).",
+    )
     rtol: float = Field(
         1e-5,
         ge=0,

@@ -400,6 +400,8 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
 
         if cfg.export.merge:
             with timer.stage("export"):
+                check_dtype = getattr(torch, cfg.export.check_dtype)
+                peft_model.to(check_dtype)  # merge and compare in this precision
                 adapter_logits = logits_for(peft_model, check_prompts)
                 merge_and_save(peft_model, tokenizer, stage / "merged", cfg.model.dtype)
                 check = check_merged(
@@ -409,6 +411,7 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
                     base_logits,
                     cfg.export.atol,
                     cfg.export.rtol,
+                    check_dtype,
                 )
                 write_json(stage / "export" / "merge_check.json", check)
             log.info(

@@ -43,11 +43,14 @@ def test_bundled_space_run_short(tmp_path):
 
     from specialize.models.load import load_model, resolve
 
+    # Compared in float64: float32 rounding through 30 layers alone moves logits of ~25 by
+    # ~1e-4, which would hide (or fake) a merge error of that size.
     base = load_model(resolve("bundled:smollm2-135m-instruct"))
     ids = torch.tensor([[1, 4093, 198, 1780, 314, 253, 2417, 474, 2, 198, 1, 520, 9531, 198]])
     with torch.no_grad():
-        adapter_logits = PeftModel.from_pretrained(base, run / "adapter").eval()(ids).logits
-        merged = AutoModelForCausalLM.from_pretrained(run / "merged").eval()
+        adapted = PeftModel.from_pretrained(base, run / "adapter").double().eval()
+        adapter_logits = adapted(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(run / "merged", dtype=torch.float64).eval()
         merged_logits = merged(ids).logits
     assert (adapter_logits - merged_logits).abs().max() <= 1e-4
     assert merged.config.tie_word_embeddings

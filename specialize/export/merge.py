@@ -18,11 +18,11 @@ import torch
 @torch.no_grad()
 def logits_for(model: Any, prompts: list[list[int]]) -> list[torch.Tensor]:
     model.eval()
-    return [model(input_ids=torch.tensor([p])).logits[0].float() for p in prompts]
+    return [model(input_ids=torch.tensor([p])).logits[0] for p in prompts]
 
 
 def max_abs_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+    return max(float((x.double() - y.double()).abs().max()) for x, y in zip(a, b, strict=True))
 
 
 def worst_excess(a: list[torch.Tensor], b: list[torch.Tensor], atol: float, rtol: float) -> float:
@@ -33,7 +33,7 @@ def worst_excess(a: list[torch.Tensor], b: list[torch.Tensor], atol: float, rtol
     near zero carries the same absolute rounding error as its large neighbours).
     """
     return max(
-        float(((x - y).abs() - (atol + rtol * y.abs().max())).max())
+        float(((x.double() - y.double()).abs() - (atol + rtol * y.abs().max())).max())
         for x, y in zip(a, b, strict=True)
     )
 
@@ -55,11 +55,12 @@ def check_merged(
     base_logits: list[torch.Tensor],
     atol: float,
     rtol: float = 0.0,
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
-    """Reload the merged folder with transformers and compare logits."""
+    """Reload the merged folder with transformers (in ``dtype``) and compare logits."""
     from transformers import AutoModelForCausalLM
 
-    reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32)
+    reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=dtype)
     got = logits_for(reloaded, prompts)
     vs_adapter = max_abs_diff(got, adapter_logits)
     vs_base = max_abs_diff(got, base_logits)
@@ -71,5 +72,6 @@ def check_merged(
         "max_abs_adapter_logit": max(float(x.abs().max()) for x in adapter_logits),
         "atol": atol,
         "rtol": rtol,
+        "dtype": str(dtype).removeprefix("torch."),
         "passed": close and vs_base > atol,
     }

@@ -242,7 +242,8 @@ def render_card(run: Path) -> str:
             "## Export",
             "",
             f"Merged model (LoRA folded in) in `merged/`. Reloaded with "
-            f"`AutoModelForCausalLM`, its logits on {merge['prompts']} prompts differ from the "
+            f"`AutoModelForCausalLM` in {merge.get('dtype', 'float32')}, its logits on "
+            f"{merge['prompts']} prompts differ from the "
             f"adapter model's by at most {merge['max_abs_diff_vs_adapter']:.2e} (largest "
             f"|logit| {merge.get('max_abs_adapter_logit', float('nan')):.1f}; tolerance "
             f"{merge['atol']:g} + {merge.get('rtol', 0):g} x largest |logit|) and from the base "

@@ -97,6 +97,12 @@ def setup(
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
+    # accelerate keeps one global state per process: a second run in the same process (tests,
+    # notebooks, a library caller) with another mixed_precision would be refused. The
+    # distributed part (PartialState) is kept; only the per-run settings are reset.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision
     )
