@@ -58,20 +58,19 @@ def linear_modules(model: nn.Module, experts: bool = False) -> dict[str, nn.Line
     }
 
 
-def _head_name(model: nn.Module) -> str:
-    head = model.get_output_embeddings()
+def _name_of(model: nn.Module, module: nn.Module | None, what: str) -> str:
     for name, mod in model.named_modules():
-        if mod is head:
+        if module is not None and mod is module:
             return name
-    raise SpecializeError("this architecture has no output head to adapt", field="lora.targets")
+    raise SpecializeError(f"this architecture has no {what} to adapt", field="lora.targets")
+
+
+def _head_name(model: nn.Module) -> str:
+    return _name_of(model, model.get_output_embeddings(), "output head")
 
 
 def _embed_name(model: nn.Module) -> str:
-    emb = model.get_input_embeddings()
-    for name, mod in model.named_modules():
-        if mod is emb:
-            return name
-    raise SpecializeError("this architecture has no input embeddings", field="lora.targets")
+    return _name_of(model, model.get_input_embeddings(), "input embeddings")
 
 
 def resolve_targets(model: nn.Module, targets: str | list[str], experts: bool = False) -> list[str]:
