@@ -27,6 +27,14 @@ def examples(tok, n=8):
     return to_examples(recs, tok, "chatml", 256)[0]
 
 
+def nonzero_lora_b(peft_model) -> None:
+    """lora_B starts at zero, which leaves lora_A without gradient; seed it deterministically."""
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02, generator=torch.Generator().manual_seed(len(n)))
+
+
 def test_masked_loss_equals_full_logits_cross_entropy(tiny):
     model, tok = tiny
     batch = collate(examples(tok, 4), tok.pad_token_id)
@@ -92,10 +100,7 @@ def test_accumulation_matches_big_batch(tiny_llama):
         src = resolve(str(tiny_llama))
         model, tok = load_model(src), load_tokenizer(src)
         peft_model, _ = apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0), seed=0)
-        with torch.no_grad():  # make lora_B non-zero so every LoRA weight gets a gradient
-            for n, p in peft_model.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0, 0.02, generator=torch.Generator().manual_seed(len(n)))
+        nonzero_lora_b(peft_model)
         ex = examples(tok)
         state = loop.setup(
             peft_model, ex, [], TrainConfig(batch_size=bs, grad_accum=acc), tok.pad_token_id
@@ -148,10 +153,7 @@ def test_gradient_checkpointing_gives_same_gradients(tiny_llama):
         src = resolve(str(tiny_llama))
         model, tok = load_model(src), load_tokenizer(src)
         peft_model, _ = apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0), seed=0)
-        with torch.no_grad():
-            for n, p in peft_model.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0, 0.02, generator=torch.Generator().manual_seed(len(n)))
+        nonzero_lora_b(peft_model)
         ex = examples(tok, 4)
         state = loop.setup(
             peft_model,

@@ -120,13 +120,7 @@ def compare_variants(
         out["deltas"][metric] = paired_bootstrap(
             [p[metric] for p in base], [p[metric] for p in tuned], samples=samples, seed=seed
         )
-    # Token-weighted mean loss (per-record mean losses weighted by token counts), and the
-    # perplexity it implies, resampled together.
-    w = [p["loss_tokens"] for p in base]
-    per_a = [p["loss_sum"] / max(p["loss_tokens"], 1) for p in base]
-    per_b = [p["loss_sum"] / max(p["loss_tokens"], 1) for p in tuned]
-    out["deltas"]["loss"] = paired_bootstrap(per_a, per_b, w, samples, seed)
-    out["deltas"]["perplexity"] = paired_bootstrap(per_a, per_b, w, samples, seed, np.exp)
+    out["deltas"].update(loss_deltas(base, tuned, samples, seed))
     records = [p["meta"] for p in base]
     for field in breakdown_by:
         if not any(field in r for r in records):
@@ -179,14 +173,21 @@ def compare_text_variants(
     """Perplexity and loss deltas over documents with paired bootstrap CIs."""
     if [p["id"] for p in base] != [p["id"] for p in tuned]:
         raise ValueError("variants were evaluated on different documents")
+    return {"n": len(base), "deltas": loss_deltas(base, tuned, samples, seed), "breakdowns": {}}
+
+
+def loss_deltas(
+    base: list[dict[str, Any]], tuned: list[dict[str, Any]], samples: int, seed: int
+) -> dict[str, dict[str, float]]:
+    """Token-weighted mean loss delta and the perplexity delta it implies, resampled together.
+
+    Per-record mean losses are weighted by token counts, so the bootstrap mean is the
+    token-weighted loss of the resampled records.
+    """
     w = [p["loss_tokens"] for p in base]
     per_a = [p["loss_sum"] / max(p["loss_tokens"], 1) for p in base]
     per_b = [p["loss_sum"] / max(p["loss_tokens"], 1) for p in tuned]
     return {
-        "n": len(base),
-        "deltas": {
-            "loss": paired_bootstrap(per_a, per_b, w, samples, seed),
-            "perplexity": paired_bootstrap(per_a, per_b, w, samples, seed, np.exp),
-        },
-        "breakdowns": {},
+        "loss": paired_bootstrap(per_a, per_b, w, samples, seed),
+        "perplexity": paired_bootstrap(per_a, per_b, w, samples, seed, np.exp),
     }
