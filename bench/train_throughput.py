@@ -241,7 +241,7 @@ def run_specialize(settings: dict[str, Any]) -> dict[str, Any]:
         batch = 2
         longest = max(len(e) for e in examples)
         for length in range(row_len, longest - 1, -8):
-            train = pack(examples, length)
+            train = pack(examples, length, settings["seed"])
             if -(-len(train) // batch) >= steps:
                 row_len = length
                 break

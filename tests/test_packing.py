@@ -40,3 +40,24 @@ def test_cpt_documents_chunk_and_train_every_token():
     rows = pack(ex, 16)
     assert sum(len(r) for r in rows) == sum(len(e) for e in ex)
     assert all(r.position_ids[0] == 0 for r in rows)
+
+
+def test_seeded_packing_mixes_long_and_short_examples():
+    """Longest-first packing makes rows of only long or only short examples; a seed mixes them."""
+    from specialize.data.batches import Example
+
+    def ex(i: int, n: int) -> Example:
+        return Example(f"{'L' if n > 50 else 's'}{i}", [5] * n, [-100] + [5] * (n - 1))
+
+    examples = [ex(i, 90) for i in range(8)] + [ex(100 + i, 10) for i in range(40)]
+    for seed in (None, 3):
+        rows = pack(examples, 200, seed=seed)
+        members = [r.id.split(":", 1)[1].split(",") for r in rows]
+        assert sorted(m for ms in members for m in ms) == sorted(e.id for e in examples)
+        assert all(len(r) <= 200 for r in rows)
+        kinds = [{m[0] for m in ms} for ms in members]
+        if seed is None:
+            assert {"s"} in kinds  # some rows hold only short examples
+        else:
+            assert sum(k == {"L", "s"} for k in kinds) >= len(rows) // 2
+    assert pack(examples, 200, seed=3)[0].id == pack(examples, 200, seed=3)[0].id
