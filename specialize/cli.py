@@ -2,6 +2,7 @@
 
     specialize run [CONFIG]        the main job (default: the bundled space-QA example)
     specialize check [CONFIG]      validate config and data (splits, leakage, chat format)
+    specialize eval TARGET         evaluate a run's base and tuned models, or a suite config
     specialize card RUN_DIR        rewrite MODEL_CARD.md from a run's files
     specialize config-docs         every config field with its type, default and meaning
 
@@ -69,6 +70,32 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from specialize.evaluate.runner import EvalRequest, run_eval
+
+    out = run_eval(
+        EvalRequest(
+            target=Path(args.target),
+            run_dir=Path(args.run) if args.run else None,
+            suite=args.suite,
+            out=Path(args.out) if args.out else None,
+            limit=args.limit,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            bertscore=not args.no_bertscore,
+            endpoint=args.endpoint,
+            endpoint_model=args.endpoint_model,
+            judge_url=args.judge,
+            judge_model=args.judge_model,
+            fresh=args.fresh,
+            progress=not args.no_progress,
+            breakdown_by=args.breakdown_by or [],
+        )
+    )
+    print(out / "report.md")
+    return 0
+
+
 def cmd_card(args: argparse.Namespace) -> int:
     from specialize.report.card import write_card
 
@@ -121,6 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="continue an interrupted run from its last complete checkpoint",
             )
+    sp = sub.add_parser("eval", help="evaluate a run's variants or a suite config")
+    sp.add_argument("target", help="run directory, or a suite config (examples/suites/*.yaml)")
+    sp.add_argument("--suite", help="with a run directory: evaluate on this external suite")
+    sp.add_argument("--run", help="with a suite config: also evaluate this run's tuned model")
+    sp.add_argument("--out", help="report folder (default: RUN/eval[/SUITE] or runs/eval/SUITE)")
+    sp.add_argument("--limit", type=int, help="evaluate only the first N records")
+    sp.add_argument("--max-new-tokens", type=int, help="generation budget per answer")
+    sp.add_argument("--batch-size", type=int, help="rows decoded together")
+    sp.add_argument("--no-bertscore", action="store_true", help="skip BERTScore")
+    sp.add_argument("--endpoint", help="also evaluate an OpenAI-compatible server (base URL)")
+    sp.add_argument("--endpoint-model", help="model name to ask the endpoint for")
+    sp.add_argument("--judge", metavar="URL", help="LLM judge: an OpenAI-compatible server")
+    sp.add_argument("--judge-model", help="model name to ask the judge endpoint for")
+    sp.add_argument("--breakdown-by", action="append", help="metadata field (repeatable)")
+    sp.add_argument("--fresh", action="store_true", help="discard answers saved by a stopped run")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sp.set_defaults(fn=cmd_eval)
     sp = sub.add_parser("card", help="rewrite MODEL_CARD.md from a run directory")
     sp.add_argument("run_dir")
     sp.set_defaults(fn=cmd_card)

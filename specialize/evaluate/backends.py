@@ -15,7 +15,6 @@ one-line :class:`~specialize.errors.SpecializeError`.
 from __future__ import annotations
 
 import http.client
-import inspect
 import json
 import threading
 import urllib.error
@@ -84,9 +83,8 @@ class HFBackend:
     Prompts are rendered with the run's chat format (:func:`render_prompt`), so the model sees
     exactly what it was trained on. ``supports_json_schema`` is False: there is no constrained
     decoding here, and ``json_schema`` is ignored (the judge parses free text tolerantly).
-    Sampling (``temperature > 0``) and server-side stop strings are passed to ``generate()``
-    only when its signature has them; stop strings are in any case applied to the decoded text
-    afterwards, which then is stripped like ``generate()`` strips its own output.
+    Sampling (``temperature > 0``, seeded per record) and stop strings are passed to
+    ``generate()``; stop strings are also applied to the decoded text afterwards.
     """
 
     supports_json_schema = False
@@ -110,26 +108,17 @@ class HFBackend:
         progress: bool = True,
         desc: str = "generate",
     ) -> list[Generation]:
-        # Looked up at call time so an extended generate() (sampling, stop strings) is used as
-        # soon as it exists, and tests can substitute it.
-        from specialize.evaluate import generate as gen_module
+        from specialize.evaluate import generate as gen_module  # at call time: tests patch it
         from specialize.models.chat import render_prompt, stop_token_ids
 
         if not conversations:
             return []
-        params = inspect.signature(gen_module.generate).parameters
         extra: dict[str, Any] = {}
         if temperature > 0:
-            missing = [p for p in ("do_sample", "temperature") if p not in params]
-            if missing:
-                raise SpecializeError(
-                    f"the local backend cannot sample (temperature {temperature}): generate() "
-                    f"has no {', '.join(missing)}; use temperature 0"
-                )
             extra.update(do_sample=True, temperature=temperature)
-            if seed is not None and "seed" in params:  # else generate()'s own default seed
+            if seed is not None:
                 extra["seed"] = seed
-        if stop and "stop_strings" in params:
+        if stop:
             extra["stop_strings"] = list(stop)
         prompts = [render_prompt(c, self.tokenizer, self.fmt) for c in conversations]
         answers = gen_module.generate(

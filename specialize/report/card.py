@@ -178,23 +178,22 @@ def render_card(run: Path) -> str:
             "|---|---:|---:|---|",
         ]
         d = comp["deltas"]
-        qa = "f1" in base
+        qa = "f1" in base or "accuracy" in base
         if qa:
-            L.append(
-                f"| exact match | {_fmt(base['exact_match'])} | "
-                f"{_fmt(tuned['exact_match'])} | {_ci(d['exact_match'])} |"
-            )
-            L.append(f"| token F1 | {_fmt(base['f1'])} | {_fmt(tuned['f1'])} | {_ci(d['f1'])} |")
-        what = "answer tokens" if qa else "all tokens"
-        L.append(
-            f"| loss ({what}) | {_fmt(base['loss'])} | {_fmt(tuned['loss'])} | {_ci(d['loss'])} |"
-        )
-        L.append(
-            f"| perplexity | {_fmt(base['perplexity'], 3)} | "
-            f"{_fmt(tuned['perplexity'], 3)} | "
-            f"{_ci(d['perplexity'], 3) if 'perplexity' in d else ''} |"
-        )
+            from specialize.report.eval_report import results_table
+
+            shaped = comp if "vs_reference" in comp else comp | {"vs_reference": {"tuned": d}}
+            L[-2:] = results_table({"base": base, "tuned": tuned}, shaped | {"reference": "base"})
         if not qa:
+            L.append(
+                f"| loss (all tokens) | {_fmt(base['loss'])} | {_fmt(tuned['loss'])} | "
+                f"{_ci(d['loss'])} |"
+            )
+            L.append(
+                f"| perplexity | {_fmt(base['perplexity'], 3)} | "
+                f"{_fmt(tuned['perplexity'], 3)} | "
+                f"{_ci(d['perplexity'], 3) if 'perplexity' in d else ''} |"
+            )
             change = tuned["perplexity"] / base["perplexity"] - 1
             L += [
                 "",
@@ -205,10 +204,6 @@ def render_card(run: Path) -> str:
                 "",
             ]
     if base and tuned and comp and "f1" in base:
-        L.append(
-            f"| answers ending at end-of-turn | {_fmt(base['stopped_rate'], 3)} | "
-            f"{_fmt(tuned['stopped_rate'], 3)} | |"
-        )
         L += [
             "",
             "EM and F1 use SQuAD v1.1 answer normalisation; greedy decoding, at most "
