@@ -29,7 +29,7 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
-def row(name: str, cfg: dict, report: dict, wall: float) -> str:
+def row(name: str, cfg: dict, report: dict) -> str:
     m = report["metrics"]["base"]
     task = {"qa": "open answer", "mc": "multiple choice", "tf": "true/false", "math": "math"}
     from specialize.evaluate.suites import get_suite
@@ -50,7 +50,7 @@ def row(name: str, cfg: dict, report: dict, wall: float) -> str:
         chance = "50.0"
     return (
         f"| {name} | {task.get(spec.task, spec.task)} | {m['n']} | {main} | {chance} | "
-        f"{m.get('unparsed', 0)} | {m.get('perplexity', float('nan')):.2f} | {wall:.0f} |"
+        f"{m.get('unparsed', 0)} | {m.get('perplexity', float('nan')):.2f} |"
     )
 
 
@@ -73,15 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     for path in configs:
         cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
         model = cfg.get("model")
-        t0 = time.perf_counter()
         out = run_eval(
             EvalRequest(
                 target=path, out=ROOT / "runs" / "eval" / path.stem, progress=not args.no_progress
             )
         )
-        wall = time.perf_counter() - t0
         report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-        rows.append(row(path.stem, cfg, report, wall))
+        rows.append(row(path.stem, cfg, report))
         print(rows[-1], flush=True)
     table = [
         f"Bundled model `{model}`, greedy decoding, float32 on this CPU "
@@ -89,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         "answers in `runs/eval/<suite>/`. Percentages; log-lik = the option the model "
         "scores as most likely; perplexity of the reference answers.",
         "",
-        "| suite | task | records | score | chance | unparsed | ref. perplexity | seconds |",
-        "|---|---|---:|---|---:|---:|---:|---:|",
+        "| suite | task | records | score | chance | unparsed | ref. perplexity |",
+        "|---|---|---:|---|---:|---:|---:|",
         *rows,
     ]
     text = "\n".join(table)

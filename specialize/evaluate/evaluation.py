@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from specialize.data.batches import collate, length_grouped_batches, to_examples
 from specialize.data.read import Record
@@ -112,14 +113,96 @@ def _record_losses(
 def _loglik_choices(
     model: Any, tokenizer: Any, records: list[Record], fmt: str, batch_size: int, desc: str
 ) -> dict[str, str]:
-    """The option each record's conversation makes most likely (summed answer log-prob)."""
-    options: list[Record] = []
-    owners: list[tuple[str, int]] = []
+    """The option each record's model finds most likely.
+
+    The options' conversations (prompt + each option's answer) share everything up to the
+    first answer token; when those first tokens differ (letters, True/False), one forward pass
+    over the shared prefix gives every option's log-probability: the standard letter scoring,
+    a quarter of the cost of scoring four full sequences. Records whose options share their
+    first token fall back to the summed log-probability of each whole answer.
+    """
+    from specialize.models.chat import render_conversation
+
+    prefixes: list[list[int]] = []
+    candidates: list[tuple[str, list[int]]] = []
+    full: list[Record] = []
     for rec in records:
         convs = option_conversations(rec)
         if not convs:
             continue
-        for k, conv in enumerate(convs):
+        ids = [render_conversation(c, tokenizer, fmt).input_ids for c in convs]
+        n = 0
+        while all(len(x) > n for x in ids) and len({x[n] for x in ids}) == 1:
+            n += 1
+        firsts = [x[n] if len(x) > n else -1 for x in ids]
+        if n > 0 and -1 not in firsts and len(set(firsts)) == len(firsts):
+            prefixes.append(ids[0][:n])
+            candidates.append((rec["id"], firsts))
+        else:
+            full.append(rec)
+    recs = {r["id"]: r for r in records}
+    out: dict[str, str] = {}
+    if prefixes:
+        scores = _next_token_logprobs(
+            model, tokenizer, prefixes, [c for _, c in candidates], batch_size, desc
+        )
+        for (rid, _), sc in zip(candidates, scores, strict=True):
+            out[rid] = option_label(recs[rid], max(range(len(sc)), key=lambda k: sc[k]))
+    if full:
+        out |= _loglik_full(model, tokenizer, full, fmt, batch_size, desc)
+    return out
+
+
+@torch.inference_mode()
+def _next_token_logprobs(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    candidates: list[list[int]],
+    batch_size: int,
+    desc: str,
+) -> list[list[float]]:
+    """Log-probabilities of candidate next tokens after each prompt (left-padded batches)."""
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[list[float]] = [[] for _ in prompts]
+    was_training = model.training
+    model.eval()
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
+            idx = order[start : start + batch_size]
+            width = max(len(prompts[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            attn = torch.zeros_like(ids)
+            for row, i in enumerate(idx):
+                ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+                attn[row, width - len(prompts[i]) :] = 1
+            pos = (attn.cumsum(-1) - 1).clamp(min=0)
+            logits = model(
+                input_ids=ids.to(device),
+                attention_mask=attn.to(device),
+                position_ids=pos.to(device),
+                logits_to_keep=1,
+            ).logits[:, -1, :]
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            for row, i in enumerate(idx):
+                out[i] = [float(logp[row, t]) for t in candidates[i]]
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _loglik_full(
+    model: Any, tokenizer: Any, records: list[Record], fmt: str, batch_size: int, desc: str
+) -> dict[str, str]:
+    """Summed answer log-probability of every option's whole conversation."""
+    options: list[Record] = []
+    owners: list[tuple[str, int]] = []
+    for rec in records:
+        for k, conv in enumerate(option_conversations(rec) or []):
             options.append({"id": f"{rec['id']}\x00{k}", "messages": conv})
             owners.append((rec["id"], k))
     if not options:
@@ -128,8 +211,8 @@ def _loglik_choices(
     by_rec: dict[str, list[tuple[float, int]]] = {}
     for opt, (rid, _) in zip(options, owners, strict=True):
         by_rec.setdefault(rid, []).append(losses[opt["id"]])
-    out = {}
     recs = {r["id"]: r for r in records}
+    out = {}
     for rid, vals in by_rec.items():
         best = multiple_choice_loglik([-s for s, _ in vals], [n for _, n in vals], normalize=False)
         out[rid] = option_label(recs[rid], best)
