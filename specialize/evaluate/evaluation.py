@@ -98,7 +98,7 @@ def check_records(records: list[Record], where: str = "records") -> None:
 
 
 def _record_losses(
-    model: Any, tokenizer: Any, records: list[Record], fmt: str, batch_size: int, desc: str
+    model: Any, tokenizer: Any, records: list[Record], fmt: str, batch_size: int, desc: str | None
 ) -> dict[str, tuple[float, int]]:
     examples, _ = to_examples(records, tokenizer, fmt, max_len=10**9)
     batches = length_grouped_batches(examples, batch_size, 0, shuffle=False)
@@ -111,7 +111,7 @@ def _record_losses(
 
 
 def _loglik_choices(
-    model: Any, tokenizer: Any, records: list[Record], fmt: str, batch_size: int, desc: str
+    model: Any, tokenizer: Any, records: list[Record], fmt: str, batch_size: int, desc: str | None
 ) -> dict[str, str]:
     """The option each record's model finds most likely.
 
@@ -160,7 +160,7 @@ def _next_token_logprobs(
     prompts: list[list[int]],
     candidates: list[list[int]],
     batch_size: int,
-    desc: str,
+    desc: str | None,
 ) -> list[list[float]]:
     """Log-probabilities of candidate next tokens after each prompt (left-padded batches)."""
     from tqdm.auto import tqdm
@@ -172,7 +172,8 @@ def _next_token_logprobs(
     was_training = model.training
     model.eval()
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None):
             idx = order[start : start + batch_size]
             width = max(len(prompts[i]) for i in idx)
             ids = torch.full((len(idx), width), pad, dtype=torch.long)
@@ -196,7 +197,7 @@ def _next_token_logprobs(
 
 
 def _loglik_full(
-    model: Any, tokenizer: Any, records: list[Record], fmt: str, batch_size: int, desc: str
+    model: Any, tokenizer: Any, records: list[Record], fmt: str, batch_size: int, desc: str | None
 ) -> dict[str, str]:
     """Summed answer log-probability of every option's whole conversation."""
     options: list[Record] = []
@@ -330,9 +331,10 @@ def evaluate_variant(
     losses: dict[str, tuple[float, int]] = {}
     picks: dict[str, str] = {}
     if model is not None:
-        losses = _record_losses(model, tokenizer, records, fmt, batch_size, f"loss {name}")
+        bar = (lambda what: f"{what} {name}") if progress else (lambda what: None)
+        losses = _record_losses(model, tokenizer, records, fmt, batch_size, bar("loss"))
         if loglik:
-            picks = _loglik_choices(model, tokenizer, records, fmt, batch_size, f"options {name}")
+            picks = _loglik_choices(model, tokenizer, records, fmt, batch_size, bar("options"))
     t_loss = time.perf_counter() - t0
     partial = cache_dir / f"{name}.partial.jsonl" if cache_dir is not None else None
     t_gen = time.perf_counter()

@@ -948,7 +948,8 @@ def check_template(
     plain = []
     for text in texts:
         want = list(hf_tokenizer(text)["input_ids"])
-        got = list(llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
+        # HF splits out added special tokens even in plain text, so llama.cpp parses them too.
+        got = list(llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
         plain.append({"text": text, "ids_identical": got == want})
     stops = _hf_stop_ids(hf_tokenizer)
     eog = {int(t): _vocab_is_eog(llm, int(t)) for t in stops}
