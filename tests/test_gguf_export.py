@@ -48,12 +48,12 @@ TRICKY = [
     "About 35,786 km; 1234567 m/s!",
     "  multiple   spaces\n\n\tand tabs ",
     "Café déjà vu — it's what they'll say.",
-    "<|im_start|> is plain text here",
+    "special <|im_start|> inside running text",
 ]
 
 # F32 weights with an F32 attention cache: llama.cpp and PyTorch differ only by float32
-# summation order. Measured max |diff| ~1e-6 on logits of magnitude ~0.5.
-F32_ATOL = 1e-4
+# summation order. Measured max |diff| 2.4e-7 on tiny-model logits up to 0.84 (598 positions).
+F32_ATOL = 1e-5
 
 
 def gguf_meta(path: Path) -> tuple[dict, dict]:
@@ -426,6 +426,14 @@ def test_backend_stops_and_honours_stop_strings(tiny, f16):
         stop = first.text.strip()[:1]
         cut = backend.generate(PROMPTS[:1], max_new_tokens=8, stop=[stop], progress=False)[0]
         assert cut.stopped and stop not in cut.text
+    schema = {
+        "type": "object",
+        "properties": {"verdict": {"type": "string", "enum": ["yes", "no"]}},
+        "required": ["verdict"],
+    }
+    assert backend.supports_json_schema
+    for g in backend.generate(PROMPTS[:2], max_new_tokens=40, json_schema=schema, progress=False):
+        assert g.stopped and json.loads(g.text)["verdict"] in ("yes", "no"), g
 
 
 @needs_llama_cpp
