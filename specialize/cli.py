@@ -3,6 +3,7 @@
     specialize run [CONFIG]        the main job (default: the bundled space-QA example)
     specialize check [CONFIG]      validate config and data (splits, leakage, chat format)
     specialize eval TARGET         evaluate a run's base and tuned models, or a suite config
+    specialize export RUN_DIR      GGUF F16 + quantized files with round-trip checks
     specialize card RUN_DIR        rewrite MODEL_CARD.md from a run's files
     specialize config-docs         every config field with its type, default and meaning
 
@@ -87,12 +88,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
             endpoint_model=args.endpoint_model,
             judge_url=args.judge,
             judge_model=args.judge_model,
+            gguf=args.gguf,
             fresh=args.fresh,
             progress=not args.no_progress,
             breakdown_by=args.breakdown_by or [],
         )
     )
     print(out / "report.md")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from specialize.export.export_run import export_run
+
+    types = tuple(t.strip().lower() for t in args.types.split(",") if t.strip())
+    report = export_run(Path(args.run_dir), types, checks=not args.no_checks)
+    print(yaml.safe_dump(report.get("files", {}), sort_keys=False).strip())
     return 0
 
 
@@ -162,9 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--judge", metavar="URL", help="LLM judge: an OpenAI-compatible server")
     sp.add_argument("--judge-model", help="model name to ask the judge endpoint for")
     sp.add_argument("--breakdown-by", action="append", help="metadata field (repeatable)")
+    sp.add_argument(
+        "--gguf", action="store_true", help="also evaluate RUN/gguf/*.gguf through llama.cpp"
+    )
     sp.add_argument("--fresh", action="store_true", help="discard answers saved by a stopped run")
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.set_defaults(fn=cmd_eval)
+    sp = sub.add_parser("export", help="GGUF (F16 + quantized) from a run, with checks")
+    sp.add_argument("run_dir")
+    sp.add_argument("--types", default="q8_0,q4_k_m", help="quantized types (q8_0,q5_k_m,q4_k_m)")
+    sp.add_argument("--no-checks", action="store_true", help="skip the round-trip checks")
+    sp.set_defaults(fn=cmd_export)
     sp = sub.add_parser("card", help="rewrite MODEL_CARD.md from a run directory")
     sp.add_argument("run_dir")
     sp.set_defaults(fn=cmd_card)

@@ -45,6 +45,7 @@ class EvalRequest:
     endpoint_model: str | None = None
     judge_url: str | None = None
     judge_model: str | None = None
+    gguf: bool = False  # also evaluate every GGUF in RUN/gguf/ through llama.cpp
     fresh: bool = False
     progress: bool = True
     breakdown_by: list[str] = field(default_factory=list)
@@ -291,8 +292,29 @@ def run_eval(req: EvalRequest) -> Path:
         one("tuned", _with_adapter(model, plan.adapter))
     if endpoint is not None:
         one("endpoint", None, endpoint)
+    if req.gguf:
+        from specialize.export.gguf import GGUFBackend
+
+        found = sorted((req.target / "gguf").glob("*.gguf")) if req.target.is_dir() else []
+        if not found:
+            raise SpecializeError(
+                "--gguf: no GGUF files (run `specialize export` first)", path=req.target
+            )
+        for path in found:
+            kind = path.stem.removeprefix(f"{req.target.name}-")
+            one(f"gguf-{kind}", None, GGUFBackend(path))
     comparison = compare_variants(preds, plan.breakdown_by, plan.bootstrap, plan.seed)
     notes: list[str] = []
+    quantized = [n for n in preds if n.startswith("gguf-")]
+    if quantized and "tuned" in preds:
+        from specialize.report.eval_report import results_table
+
+        # What export cost: each GGUF against the unquantized tuned model it came from.
+        subset = {n: preds[n] for n in ["tuned", *quantized]}
+        vs_tuned = compare_variants(subset, [], plan.bootstrap, plan.seed)
+        extra["vs_tuned"] = vs_tuned
+        notes += ["## Exported GGUFs against the tuned model", ""]
+        notes += results_table({n: metrics[n] for n in subset}, vs_tuned) + [""]
     if ablation:
         from specialize.evaluate.ablations import condition_table
 

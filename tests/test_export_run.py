@@ -1,0 +1,62 @@
+"""`specialize export RUN_DIR` on a tiny run: GGUF files, checks and sizes recorded."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+
+import pytest
+from conftest import write_tiny_config, write_tiny_data
+
+from specialize.cli import main
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None,
+    reason="llama-cpp-python is not installed (pip install llama-cpp-python==0.3.36)",
+)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_llama, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("exp")
+    data = write_tiny_data(folder / "data")
+    cfg = write_tiny_config(folder, tiny_llama, data)
+    assert main(["run", str(cfg), "--no-progress"]) == 0
+    return folder / "runs" / "tiny"
+
+
+def test_export_writes_gguf_checks_and_sizes(run_dir):
+    assert main(["export", str(run_dir), "--types", "q8_0,q4_k_m"]) == 0
+    names = sorted(p.name for p in (run_dir / "gguf").iterdir())
+    assert names == ["tiny-f16.gguf", "tiny-q4_k_m.gguf", "tiny-q8_0.gguf"]
+    checks = json.loads((run_dir / "export" / "gguf_checks.json").read_text())["checks"]
+    assert checks["template"]["passed"]
+    assert checks["f16"]["passed"] and checks["f16"]["logits"]["top1_agreement"] >= 0.99
+    sizes = json.loads((run_dir / "export" / "sizes.json").read_text())
+    assert sizes["gguf"]["q4_k_m"]["bytes"] < sizes["gguf"]["f16"]["bytes"]
+    assert sizes["adapter"] > 0 and sizes["merged"] > 0
+
+
+def test_export_without_adapter_is_a_one_line_error(run_dir, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    shutil.copytree(run_dir / "data", bare / "data")
+    assert main(["export", str(bare)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "adapter" in err and err.count("\n") == 0
+
+
+def test_eval_compares_gguf_variants_with_the_tuned_model(run_dir, tmp_path):
+    if not (run_dir / "gguf").is_dir():
+        assert main(["export", str(run_dir), "--types", "q8_0", "--no-checks"]) == 0
+    out = tmp_path / "ev"
+    code = main(
+        ["eval", str(run_dir), "--gguf", "--out", str(out), "--no-progress", "--no-bertscore"]
+    )
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    names = list(report["metrics"])
+    assert names[:2] == ["base", "tuned"] and "gguf-f16" in names
+    assert "f1" in report["compare"]["vs_reference"]["gguf-f16"]
+    assert "f1" in report["vs_tuned"]["vs_reference"]["gguf-f16"]
+    assert "## Exported GGUFs against the tuned model" in (out / "report.md").read_text()
