@@ -90,3 +90,18 @@ def test_eval_bad_inputs_are_one_line_errors(tiny_run_dir, tmp_path, capsys):
     assert main(["eval", str(bad), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "limt" in err and err.count("\n") == 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        (__import__("pathlib").Path(__file__).parents[1] / "examples" / "suites").glob("*.yaml")
+    ),
+    ids=lambda p: p.name,
+)
+def test_every_shipped_suite_config_is_valid(path):
+    from specialize.evaluate.runner import read_suite_config
+    from specialize.evaluate.suites import SUITES
+
+    cfg = read_suite_config(path)
+    assert cfg["suite"] in SUITES and path.stem == cfg["suite"]

@@ -135,29 +135,7 @@ def _plan(req: EvalRequest) -> _Plan:
         )
     if not target.is_file():
         raise SpecializeError("no such run directory or suite config", path=target)
-    try:
-        scfg = yaml.safe_load(target.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise SpecializeError(f"not valid YAML: {e}", path=target) from None
-    known = {
-        "suite",
-        "model",
-        "limit",
-        "max_new_tokens",
-        "batch_size",
-        "chat_format",
-        "seed",
-        "ablations",
-    }
-    unknown = sorted(set(scfg) - known)
-    if unknown:
-        raise SpecializeError(
-            f"unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})",
-            path=target,
-            field=unknown[0],
-        )
-    if "suite" not in scfg:
-        raise SpecializeError("missing 'suite'", path=target, field="suite")
+    scfg = read_suite_config(target)
     limit = req.limit if req.limit is not None else scfg.get("limit")
     records, (spec, _) = _suite_records(scfg["suite"], limit, scfg.get("seed", 0))
     adapter = None
@@ -182,6 +160,48 @@ def _plan(req: EvalRequest) -> _Plan:
         req.breakdown_by or ["subset", "type", "title"],
         ablations=_ablations(scfg.get("ablations"), target),
     )
+
+
+SUITE_KEYS = (
+    "suite",
+    "model",
+    "limit",
+    "max_new_tokens",
+    "batch_size",
+    "chat_format",
+    "seed",
+    "ablations",
+)
+
+
+def read_suite_config(path: Path) -> dict[str, Any]:
+    """A suite config (``examples/suites/*.yaml``), checked; one-line errors name the key."""
+    from specialize.evaluate.suites import SUITES
+
+    try:
+        scfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise SpecializeError(f"not valid YAML: {e}", path=path) from None
+    if not isinstance(scfg, dict):
+        raise SpecializeError("a suite config must be a mapping", path=path)
+    unknown = sorted(set(scfg) - set(SUITE_KEYS))
+    if unknown:
+        raise SpecializeError(
+            f"unknown key '{unknown[0]}' (known: {', '.join(SUITE_KEYS)})",
+            path=path,
+            field=unknown[0],
+        )
+    if scfg.get("suite") not in SUITES:
+        raise SpecializeError(
+            f"'suite' must be one of {', '.join(SUITES)}, got {scfg.get('suite')!r}",
+            path=path,
+            field="suite",
+        )
+    for key in ("limit", "max_new_tokens", "batch_size"):
+        value = scfg.get(key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise SpecializeError(f"'{key}' must be a positive integer", path=path, field=key)
+    return scfg
 
 
 def _ablations(data: Any, where: Path) -> Any:
