@@ -182,11 +182,13 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
         compare_variants,
         evaluate_text_variant,
         evaluate_variant,
+        side_by_side,
     )
     from specialize.export.merge import check_merged, logits_for, merge_and_save
     from specialize.report.card import write_card
+    from specialize.report.eval_report import metrics_chart
     from specialize.report.manifest import write_manifest
-    from specialize.report.plots import loss_curve, metric_bars
+    from specialize.report.plots import loss_curve
     from specialize.train import loop
     from specialize.train.lora import apply_lora, parameter_counts
 
@@ -386,10 +388,10 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
                     cfg.eval.bootstrap,
                     cfg.train.seed,
                 )
-                write_jsonl(stage / "eval" / "side_by_side.jsonl", _side_by_side(preds))
+                write_jsonl(stage / "eval" / "side_by_side.jsonl", side_by_side(preds))
             comparison["split"] = eval_split
             write_json(stage / "eval" / "compare.json", comparison)
-            metric_bars(metrics, comparison, stage / "plots" / "metrics.png")
+            metrics_chart(metrics, comparison, stage / "plots" / "metrics.png")
             d = comparison["deltas"]
             if "f1" in d:
                 log.info(
@@ -483,15 +485,3 @@ def _save_eval(
 ) -> None:
     write_jsonl(stage / "eval" / name / "predictions.jsonl", preds)
     write_json(stage / "eval" / name / "metrics.json", metrics | {"split": split})
-
-
-def _side_by_side(preds: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    names = list(preds)
-    rows = []
-    for i, first in enumerate(preds[names[0]]):
-        row = {"id": first["id"], "question": first["question"], "reference": first["reference"]}
-        for n in names:
-            p = preds[n][i]
-            row[n] = {"prediction": p["prediction"], "f1": p["f1"], "exact_match": p["exact_match"]}
-        rows.append(row)
-    return rows

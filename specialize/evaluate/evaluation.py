@@ -69,6 +69,7 @@ __all__ = [
     "evaluate_variant",
     "loss_deltas",
     "references",
+    "side_by_side",
 ]
 
 
@@ -501,6 +502,31 @@ def compare_variants(
     return out
 
 
+SIDE_BY_SIDE = (
+    "prediction",
+    "parsed",
+    "exact_match",
+    "f1",
+    "bertscore_f1",
+    "accuracy",
+    "loglik_choice",
+    "judge",
+    "error",
+)
+
+
+def side_by_side(preds: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per record: its question and reference, then each variant's answer and scores."""
+    names = list(preds)
+    rows = []
+    for i, first in enumerate(preds[names[0]]):
+        row = {k: first[k] for k in ("id", "task", "question", "reference") if k in first}
+        for n in names:
+            row[n] = {k: preds[n][i][k] for k in SIDE_BY_SIDE if k in preds[n][i]}
+        rows.append(row)
+    return rows
+
+
 def evaluate_text_variant(
     model: Any, examples: list[Any], pad_id: int, batch_size: int, name: str
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -536,7 +562,14 @@ def compare_text_variants(
     """Perplexity and loss deltas over documents with paired bootstrap CIs."""
     if [p["id"] for p in base] != [p["id"] for p in tuned]:
         raise ValueError("variants were evaluated on different documents")
-    return {"n": len(base), "deltas": loss_deltas(base, tuned, samples, seed), "breakdowns": {}}
+    deltas = loss_deltas(base, tuned, samples, seed)
+    return {
+        "n": len(base),
+        "reference": "base",
+        "vs_reference": {"tuned": deltas},
+        "deltas": deltas,
+        "breakdowns": {},
+    }
 
 
 def loss_deltas(

@@ -71,11 +71,10 @@ class _Plan:
 
 
 def _suite_records(name: str, limit: int | None, seed: int = 0) -> tuple[list, Any]:
-    from specialize.evaluate.suites import get_suite, load_suite_with_report
+    """A suite's records (skips are logged by the loader) and its spec."""
+    from specialize.evaluate.suites import get_suite, load_suite
 
-    spec = get_suite(name)
-    records, report = load_suite_with_report(name, limit=limit, seed=seed)
-    return records, (spec, report)
+    return load_suite(name, limit=limit, seed=seed), get_suite(name)
 
 
 def _plan(req: EvalRequest) -> _Plan:
@@ -97,7 +96,7 @@ def _plan(req: EvalRequest) -> _Plan:
         )
         ev = cfg.get("eval", {})
         if req.suite:
-            records, (spec, report) = _suite_records(req.suite, req.limit)
+            records, spec = _suite_records(req.suite, req.limit)
             title = f"{req.suite}: base vs tuned ({target.name})"
             out = req.out or target / "eval" / req.suite
             max_new = req.max_new_tokens or spec.max_new_tokens
@@ -137,7 +136,7 @@ def _plan(req: EvalRequest) -> _Plan:
         raise SpecializeError("no such run directory or suite config", path=target)
     scfg = read_suite_config(target)
     limit = req.limit if req.limit is not None else scfg.get("limit")
-    records, (spec, _) = _suite_records(scfg["suite"], limit, scfg.get("seed", 0))
+    records, spec = _suite_records(scfg["suite"], limit, scfg.get("seed", 0))
     adapter = None
     fmt = scfg.get("chat_format", "chatml")
     base = scfg.get("model", "bundled:smollm2-135m-instruct")
@@ -251,13 +250,12 @@ def run_eval(req: EvalRequest) -> Path:
     source = resolve(plan.base_spec, plan.base_dir)
     tokenizer = load_tokenizer(source)
     model = load_model(source, "float32")
+    if plan.mode == "cpt":
+        return _eval_cpt(plan, req, model, tokenizer)
     scorer = make_bertscorer(req.bertscore, plan.records)
     preds: dict[str, list[dict[str, Any]]] = {}
     metrics: dict[str, dict[str, Any]] = {}
     extra: dict[str, Any] = {}
-
-    if plan.mode == "cpt":
-        return _eval_cpt(plan, req, model, tokenizer)
 
     conditions = {}
     if plan.ablations is not None:
@@ -309,7 +307,7 @@ def run_eval(req: EvalRequest) -> Path:
 
     one("base", model)
     if plan.adapter is not None:
-        one("tuned", _with_adapter(model, plan.adapter))
+        one("tuned", with_adapter(model, plan.adapter))
     if endpoint is not None:
         one("endpoint", None, endpoint)
     if req.gguf:
@@ -350,7 +348,7 @@ def run_eval(req: EvalRequest) -> Path:
     return plan.out
 
 
-def _with_adapter(model: Any, adapter: Path) -> Any:
+def with_adapter(model: Any, adapter: Path) -> Any:
     from peft import PeftModel
 
     from specialize.models.load import is_tied
@@ -371,32 +369,6 @@ def _log_variant(name: str, m: dict[str, Any]) -> None:
     log.info("%s: %d records, %s", name, m["n"], ", ".join(parts))
 
 
-def _side_by_side(preds: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    names = list(preds)
-    rows = []
-    for i, first in enumerate(preds[names[0]]):
-        row = {k: first[k] for k in ("id", "task", "question", "reference") if k in first}
-        for n in names:
-            p = preds[n][i]
-            row[n] = {
-                k: p[k]
-                for k in (
-                    "prediction",
-                    "parsed",
-                    "exact_match",
-                    "f1",
-                    "bertscore_f1",
-                    "accuracy",
-                    "loglik_choice",
-                    "judge",
-                    "error",
-                )
-                if k in p
-            }
-        rows.append(row)
-    return rows
-
-
 def _write(
     plan: _Plan,
     preds: dict[str, list[dict[str, Any]]],
@@ -405,13 +377,14 @@ def _write(
     extra: dict[str, Any],
     notes: list[str] | None = None,
 ) -> None:
+    from specialize.evaluate.evaluation import side_by_side
     from specialize.report.eval_report import metrics_chart, write_report
 
     out = plan.out
     for name in preds:
         write_jsonl(out / name / "predictions.jsonl", preds[name])
         write_json(out / name / "metrics.json", metrics[name])
-    write_jsonl(out / "side_by_side.jsonl", _side_by_side(preds))
+    write_jsonl(out / "side_by_side.jsonl", side_by_side(preds))
     write_json(
         out / "report.json",
         {"title": plan.title, "metrics": metrics, "compare": comparison} | extra,
@@ -443,7 +416,7 @@ def _eval_cpt(plan: _Plan, req: EvalRequest, model: Any, tokenizer: Any) -> Path
         from specialize.evaluate.embeddings import evaluate_embeddings
 
         emb["base"] = evaluate_embeddings(model, tokenizer, items, plan.batch_size, req.progress)
-    tuned = _with_adapter(model, plan.adapter) if plan.adapter else None
+    tuned = with_adapter(model, plan.adapter) if plan.adapter else None
     if tuned is not None:
         preds["tuned"], metrics["tuned"] = evaluate_text_variant(
             tuned, examples, tokenizer.pad_token_id, plan.batch_size, "tuned"
@@ -453,8 +426,6 @@ def _eval_cpt(plan: _Plan, req: EvalRequest, model: Any, tokenizer: Any) -> Path
                 tuned, tokenizer, items, plan.batch_size, req.progress
             )
     comparison = compare_text_variants(preds["base"], preds["tuned"], plan.bootstrap, plan.seed)
-    comparison["reference"] = "base"
-    comparison["vs_reference"] = {"tuned": comparison["deltas"]}
     extra: dict[str, Any] = {}
     if emb:
         from specialize.evaluate.embeddings import compare_embeddings, plot_similarity

@@ -38,13 +38,13 @@ def _merged(run: Path) -> Path:
     merged = run / "merged"
     if (merged / "config.json").is_file():
         return merged
-    from specialize.evaluate.runner import _with_adapter
+    from specialize.evaluate.runner import with_adapter
     from specialize.export.merge import merge_and_save
     from specialize.models.load import load_model, load_tokenizer, resolve
 
     meta = read_json(run / "adapter" / "specialize.json")
     source = resolve(meta["base_model"])
-    tuned = _with_adapter(load_model(source, "float32"), run / "adapter")
+    tuned = with_adapter(load_model(source, "float32"), run / "adapter")
     merge_and_save(tuned, load_tokenizer(source), merged, "float32")
     return merged
 
