@@ -328,10 +328,9 @@ def plot_similarity(stats_by_variant: dict[str, dict[str, Any]], out: Path) -> N
     densities: areas stay comparable even when one model's similarities are squeezed into a
     much narrower band. The legend carries each variant's anisotropy.
     """
-    import matplotlib
+    from specialize.report.plots import pyplot
 
-    matplotlib.use("Agg")  # no display on servers; same backend as specialize.report.plots
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
     colors = ["#8a8a8a", "#2b7bb9", "#e08a2b", "#3a9e4f", "#b94a8a"]

@@ -154,10 +154,9 @@ def write_report(
 
 def metrics_chart(metrics: dict[str, dict[str, Any]], compare: dict[str, Any], out: Path) -> None:
     """Bars of the headline metrics per variant, deltas with CIs in the panel titles."""
-    import matplotlib
+    from specialize.report.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(metrics)
     keys = [k for k in ORDER if k != "loss" and all(k in metrics[n] for n in names)][:5]

@@ -1,4 +1,9 @@
-"""PNG plots a person would rather look at than read: loss curves and metric comparisons."""
+"""PNG plots a person would rather look at than read: the loss curve, and the shared
+matplotlib set-up (headless Agg backend) that every plot of the project uses.
+
+The metric comparison chart is ``report.eval_report.metrics_chart``; the similarity histogram
+is ``evaluate.embeddings.plot_similarity``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ from typing import Any
 from specialize.io import atomic_path
 
 
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend: no display on servers and in CI."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,7 +24,7 @@ def _plt():
 
 
 def loss_curve(history: dict[str, Any], out: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     tr = history.get("train", [])
     va = [v for v in history.get("validation", []) if v["loss"] == v["loss"]]
@@ -31,30 +37,6 @@ def loss_curve(history: dict[str, Any], out: Path) -> None:
     ax.set_title("Training and validation loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-
-
-def metric_bars(metrics: dict[str, dict[str, float]], compare: dict[str, Any], out: Path) -> None:
-    """Base vs tuned on EM and F1 (with the delta's CI in the title) and perplexity."""
-    plt = _plt()
-    variants = list(metrics)
-    keys = [("exact_match", "exact match"), ("f1", "token F1"), ("perplexity", "perplexity")]
-    keys = [(k, label) for k, label in keys if all(k in metrics[v] for v in variants)]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 3.6), squeeze=False)
-    for ax, (key, label) in zip(axes[0], keys, strict=True):
-        vals = [metrics[v][key] for v in variants]
-        bars = ax.bar(variants, vals, color=["#8a8a8a", "#2b7bb9", "#e08a2b"][: len(variants)])
-        ax.bar_label(bars, fmt="%.3g")
-        d = compare["deltas"].get(key)
-        title = label
-        if d:
-            title += f"\nΔ {d['delta']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
-        ax.set_title(title, fontsize=9)
-    split = compare.get("split", "test")
-    fig.suptitle(f"{split} split: base vs tuned (Δ with paired-bootstrap 95% CI)", fontsize=10)
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
