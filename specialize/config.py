@@ -287,6 +287,34 @@ class ExportConfig(Section):
         description="Relative part: logits may differ by atol + rtol * (largest |logit| of the "
         "prompt); float32 rounding through many layers grows with the activations' scale.",
     )
+    gguf: bool | Literal["auto"] = Field(
+        "auto",
+        description="Convert the merged model to an F16 GGUF, quantize it (export.gguf_types) "
+        "and check both against the merged model (needs llama-cpp-python and a LLaMA-family "
+        "model). auto: when both hold, else the run says why at its start; true: required, "
+        "an error before training if not possible; false: never.",
+    )
+    gguf_types: list[Literal["q8_0", "q5_k_m", "q4_k_m"]] = Field(
+        default_factory=lambda: ["q8_0", "q4_k_m"],
+        description="llama.cpp quantization types written beside the F16 GGUF.",
+    )
+    gguf_eval: bool = Field(
+        True,
+        description="Evaluate each quantized GGUF on the evaluation split through llama.cpp; "
+        "the card shows them beside base and tuned, with deltas against the tuned model.",
+    )
+    speed_tokens: int = Field(
+        64,
+        ge=0,
+        description="Tokens generated (greedy, batch 1) to measure the CPU tokens/s of the "
+        "base model, the merged model and each GGUF; 0 skips the measurement.",
+    )
+
+    @model_validator(mode="after")
+    def _gguf_needs_merge(self) -> ExportConfig:
+        if self.gguf is True and not self.merge:
+            raise ValueError("export.gguf converts the merged model; it needs export.merge: true")
+        return self
 
 
 class RunConfig(Section):

@@ -1,7 +1,8 @@
 """``specialize run``: the stages in order, writing one run directory.
 
 data -> format check -> base evaluation -> LoRA training -> tuned evaluation -> merge + check
--> model card -> manifest. All input checks that need no model weights (config, data files,
+-> GGUF + quantize + round-trip checks, speed, quantized evaluation -> model card -> manifest.
+All input checks that need no model weights (config, data files,
 splits, leakage, chat format, sequence lengths) run before the model loads, and the run is
 built in a hidden staging folder that is renamed into place only when every stage succeeded:
 a failed run never leaves a run directory that looks complete.
@@ -184,6 +185,7 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
         evaluate_variant,
         side_by_side,
     )
+    from specialize.export.edge import export_edge, gguf_plan
     from specialize.export.merge import check_merged, logits_for, merge_and_save
     from specialize.report.card import write_card
     from specialize.report.eval_report import metrics_chart
@@ -276,6 +278,8 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
 
         with timer.stage("load_model"):
             model = load_model(source, cfg.model.dtype, cfg.lora.quantize)
+        # Before training: a GGUF export that cannot happen is said now, not after an hour.
+        gguf_skip = gguf_plan(cfg.export, model.config) if main else "not the main process"
         log.info(
             "model: %s (%s, tied embeddings: %s)",
             source.describe(),
@@ -442,6 +446,19 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
                     f"{cfg.export.atol:g} + rtol {cfg.export.rtol:g} x max |logit|) or equals the "
                     f"base model (max |diff| vs base {check['max_abs_diff_vs_base']:.2e})",
                     field="export.atol",
+                )
+        if cfg.export.merge and gguf_skip is None:
+            with timer.stage("gguf"):
+                export_edge(
+                    stage,
+                    cfg,
+                    source,
+                    tokenizer,
+                    eval_records if cfg.eval.enabled else [],
+                    preds,
+                    metrics,
+                    scorer,
+                    progress,
                 )
 
         write_json(

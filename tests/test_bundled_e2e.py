@@ -28,6 +28,8 @@ def test_bundled_space_run_short(tmp_path):
             "eval.limit=6",
             "--set",
             "export.check_prompts=2",
+            "--set",
+            "export.speed_tokens=16",
         ]
     )
     assert code == 0
@@ -54,3 +56,19 @@ def test_bundled_space_run_short(tmp_path):
         merged_logits = merged(ids).logits
     assert (adapter_logits - merged_logits).abs().max() <= 1e-4
     assert merged.config.tie_word_embeddings
+
+    # The edge export of the real model: every GGUF loads in llama.cpp, F16 reproduces the
+    # merged model's next tokens, the template and stop token survived, and each quantized
+    # file answered the same test records as the tuned model.
+    checks = json.loads((run / "export/gguf_checks.json").read_text())["checks"]
+    assert checks["template"]["passed"]
+    assert checks["f16"]["passed"] and checks["f16"]["logits"]["top1_agreement"] >= 0.99
+    assert checks["f16"]["logits"]["positions"] > 1000
+    for t in ("q8_0", "q4_k_m"):
+        assert (run / f"gguf/space-qa-{t}.gguf").is_file()
+        m = json.loads((run / f"eval/gguf-{t}/metrics.json").read_text())
+        assert m["n"] == 6 and m["errors"] == 0
+    speed = json.loads((run / "export/speed.json").read_text())["artifacts"]
+    assert set(speed) == {"base", "adapter", "merged", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m"}
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "| GGUF Q4_K_M (llama.cpp) |" in card and "gguf-q4_k_m − tuned" in card

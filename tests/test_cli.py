@@ -285,3 +285,34 @@ def test_bad_preset_the_architecture_lacks(tmp_path, tiny_gpt_oss, capsys):
 def test_bad_qlora_without_cuda(tmp_path, tiny_llama, capsys):
     err = _bad(tmp_path, tiny_llama, capsys, lora="{quantize: nf4}")
     assert "field 'lora.quantize': QLoRA" in err and "needs a CUDA GPU" in err
+
+
+def test_bad_gguf_required_without_llama_cpp_stops_before_training(
+    tmp_path, tiny_llama, capsys, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # find_spec -> None: not installed
+    err = _bad(tmp_path, tiny_llama, capsys, export="{check_prompts: 2, gguf: true}")
+    assert "field 'export.gguf'" in err and "llama-cpp-python is not installed" in err
+    assert "export.gguf: false" in err
+
+
+def test_bad_gguf_without_merge_is_a_config_error(tmp_path, tiny_llama, capsys):
+    err = _bad(tmp_path, tiny_llama, capsys, export="{merge: false, gguf: true}")
+    assert "export.gguf" in err and "export.merge" in err
+
+
+def test_gguf_plan_says_why_an_architecture_cannot_be_exported(caplog):
+    from types import SimpleNamespace
+
+    from specialize.config import ExportConfig
+    from specialize.errors import SpecializeError
+    from specialize.export.edge import gguf_plan
+
+    moe = SimpleNamespace(architectures=["GptOssForCausalLM"], model_type="gpt_oss")
+    with caplog.at_level("WARNING", logger="specialize"):
+        reason = gguf_plan(ExportConfig(gguf="auto"), moe)
+    assert reason is not None and "GptOssForCausalLM" in reason and "LlamaForCausalLM" in reason
+    assert "GGUF export will be skipped" in caplog.text
+    with pytest.raises(SpecializeError, match="export.gguf"):
+        gguf_plan(ExportConfig(gguf=True), moe)
+    assert gguf_plan(ExportConfig(gguf=False), moe) == "export.gguf is false"

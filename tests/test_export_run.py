@@ -26,6 +26,33 @@ def run_dir(tiny_llama, tmp_path_factory):
     return folder / "runs" / "tiny"
 
 
+def test_run_exports_checks_times_and_evaluates_each_gguf(run_dir):
+    """`specialize run` itself (export.gguf auto, llama.cpp installed) does the edge export."""
+    names = sorted(p.name for p in (run_dir / "gguf").iterdir())
+    assert names == ["tiny-f16.gguf", "tiny-q4_k_m.gguf", "tiny-q8_0.gguf"]
+    checks = json.loads((run_dir / "export" / "gguf_checks.json").read_text())["checks"]
+    assert checks["template"]["passed"] and checks["f16"]["passed"]
+    speed = json.loads((run_dir / "export" / "speed.json").read_text())["artifacts"]
+    assert set(speed) == {"base", "adapter", "merged", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m"}
+    assert all(r["tokens_per_s"] > 0 and r["new_tokens"] == 64 for r in speed.values())
+    tuned = json.loads((run_dir / "eval" / "tuned" / "metrics.json").read_text())
+    for t in ("q8_0", "q4_k_m"):
+        m = json.loads((run_dir / "eval" / f"gguf-{t}" / "metrics.json").read_text())
+        assert m["n"] == tuned["n"] and m["errors"] == 0 and "f1" in m
+    vs = json.loads((run_dir / "eval" / "compare_gguf.json").read_text())
+    assert vs["reference"] == "tuned" and set(vs["vs_reference"]) == {"gguf-q8_0", "gguf-q4_k_m"}
+    side = (run_dir / "eval" / "side_by_side.jsonl").read_text().splitlines()
+    assert "gguf-q4_k_m" in json.loads(side[0])
+    card = (run_dir / "MODEL_CARD.md").read_text()
+    head = next(line for line in card.splitlines() if line.startswith("| metric | base"))
+    assert head.startswith("| metric | base | tuned | gguf-q8_0 | gguf-q4_k_m | Δ tuned − base")
+    assert "Δ gguf-q4_k_m − tuned" in head
+    assert "| GGUF Q4_K_M (llama.cpp) | `gguf/tiny-q4_k_m.gguf` |" in card
+    assert "ollama create tiny" in card
+    timings = json.loads((run_dir / "timings.json").read_text())
+    assert "gguf" in timings["stages_s"]
+
+
 def test_export_writes_gguf_checks_and_sizes(run_dir):
     assert main(["export", str(run_dir), "--types", "q8_0,q4_k_m"]) == 0
     names = sorted(p.name for p in (run_dir / "gguf").iterdir())

@@ -11,9 +11,10 @@ are written to ``export/gguf_checks.json``:
   least 99% of positions; quantized types are reported);
 - the share of identical greedy answers on test prompts.
 
-``export/sizes.json`` lists the bytes of every artifact (adapter, merged, each GGUF, with
-bits per weight). Each GGUF is written under a temporary name and renamed when complete, so
-an interrupted export never leaves a half-written file under its final name.
+``export/sizes.json`` lists the bytes of every artifact (base and merged weights, the
+adapter folder, each GGUF with bits per weight). Each GGUF is written under a temporary name
+and renamed when complete, so an interrupted export never leaves a half-written file under
+its final name.
 """
 
 from __future__ import annotations
@@ -28,10 +29,23 @@ from specialize.io import read_json, read_jsonl, write_json
 log = logging.getLogger("specialize")
 
 DEFAULT_TYPES = ("q8_0", "q4_k_m")
+LOGIT_TEXTS = 32  # held-out conversations for top-1/KL: ~1,500 positions on the bundled run
+ANSWER_TOKENS = 32
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 
 
 def _folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def weight_bytes(path: Path) -> int:
+    """Bytes of a model's weights: a weight file, or the weight files of a folder (not its
+    tokenizer and configs, so base, merged and GGUF sizes compare like with like)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
 
 
 def _merged(run: Path) -> Path:
@@ -50,27 +64,37 @@ def _merged(run: Path) -> Path:
 
 
 def export_run(
-    run: Path, types: tuple[str, ...] = DEFAULT_TYPES, checks: bool = True, n_check: int = 4
+    run: Path,
+    types: tuple[str, ...] = DEFAULT_TYPES,
+    checks: bool = True,
+    n_check: int = 4,
+    name: str | None = None,
 ) -> dict[str, Any]:
-    """Write ``RUN/gguf/*.gguf`` and the check and size reports; returns the report."""
+    """Write ``RUN/gguf/<name>-<type>.gguf`` (``name`` defaults to the run folder's) and the
+    check and size reports; returns the report."""
     from specialize.export import gguf as g
 
     if not (run / "adapter" / "adapter_config.json").is_file():
         raise SpecializeError("not a run with an adapter (adapter/adapter_config.json)", path=run)
     merged = _merged(run)
     out = run / "gguf"
-    name = run.name
+    name = name or run.name
     files: dict[str, dict[str, Any]] = {}
     f16 = out / f"{name}-f16.gguf"
     log.info("GGUF: converting %s -> %s", merged, f16)
     files["f16"] = g.convert_to_gguf(merged, f16, "f16")
+    files["f16"]["bits_per_weight"] = files["f16"]["bytes"] * 8 / max(1, files["f16"]["params"])
     for t in types:
         path = out / f"{name}-{t}.gguf"
         log.info("GGUF: quantizing to %s", t.upper())
         files[t] = g.quantize(f16, path, t)
-    sizes = {
+    meta_path = run / "adapter" / "specialize.json"
+    meta = read_json(meta_path) if meta_path.is_file() else {}
+    base_files = Path(str(meta.get("base_files", "")))
+    sizes: dict[str, Any] = {"base": weight_bytes(base_files)} if base_files.exists() else {}
+    sizes |= {
         "adapter": _folder_bytes(run / "adapter"),
-        "merged": _folder_bytes(merged),
+        "merged": weight_bytes(merged),
         "gguf": {
             t: {k: f[k] for k in ("bytes", "bits_per_weight") if k in f} for t, f in files.items()
         },
@@ -90,39 +114,50 @@ def export_run(
 
 
 def _checks(run: Path, merged: Path, files: dict[str, Any], n: int) -> dict[str, Any]:
+    """Template and stop check on the F16 file; logits on up to ``LOGIT_TEXTS`` held-out
+    conversations and greedy answers on ``n`` prompts for every file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from specialize.export import gguf as g
+    from specialize.models.chat import render_conversation
 
     tok = AutoTokenizer.from_pretrained(merged)
     model = AutoModelForCausalLM.from_pretrained(merged, dtype="float32").eval()
     split = run / "data" / "test.jsonl"
     if not split.is_file():
         split = run / "data" / "validation.jsonl"
-    records = read_jsonl(split)[:n] if split.is_file() else []
+    records = read_jsonl(split)[: max(n, LOGIT_TEXTS)] if split.is_file() else []
     if not records:
         raise SpecializeError("the run saved no test records to check the GGUF on", path=run)
-    from specialize.models.chat import render_conversation
-
-    fmt = read_json(run / "adapter" / "specialize.json").get("chat_format", "chatml")
-    prompts = [r["messages"][:-1] for r in records]
+    meta = run / "adapter" / "specialize.json"
+    fmt = read_json(meta).get("chat_format", "chatml") if meta.is_file() else "chatml"
+    prompts = [r["messages"][:-1] for r in records[:n]]
     # Token ids, not text: special markers must be the special tokens on both sides.
     texts = [render_conversation(r["messages"], tok, fmt).input_ids for r in records]
     out: dict[str, Any] = {}
     out["template"] = g.check_template(tok, files["f16"]["path"], prompts)
+    reference = g.hf_greedy_answers(model, tok, prompts, ANSWER_TOKENS)
     for t, f in files.items():
         logits = g.check_logits(model, f["path"], texts, min_top1=0.99 if t == "f16" else 0.0)
-        answers = g.check_answers(model, tok, f["path"], prompts, 32)
+        answers = g.check_answers(
+            model, tok, f["path"], prompts, ANSWER_TOKENS, reference=reference
+        )
         out[t] = {
             "logits": logits,
             "answers": answers,
+            # F16 must reproduce the merged model's next tokens; answers can part at a near-tie
+            # (one flipped token changes the rest), so they are reported, as is every number
+            # of the quantized files.
             "passed": bool(logits["passed"]) if t == "f16" else True,
         }
         log.info(
-            "GGUF %s: top-1 agreement %.1f%%, mean KL %.2e, identical answers %.0f%%",
+            "GGUF %s: top-1 agreement %.1f%% over %d positions, mean KL %.2e, "
+            "identical answers %d/%d",
             t.upper(),
             100 * logits["top1_agreement"],
+            logits["positions"],
             logits["kl_mean"],
-            100 * answers["share_identical"],
+            answers["identical"],
+            answers["prompts"],
         )
     return out

@@ -1094,31 +1094,18 @@ def _llama_greedy(llm: Any, prompt: list[int], max_new_tokens: int) -> tuple[lis
     return out, False
 
 
-def check_answers(
-    hf_model: Any,
-    tokenizer: Any,
-    gguf_path: str | Path,
-    prompts: Sequence[Sequence[Message]],
-    max_new_tokens: int = 32,
-    *,
-    n_ctx: int = 2048,
-    kv_f32: bool = False,
-) -> dict[str, Any]:
-    """Greedy answers of the HF model and of llama.cpp on the same rendered prompts.
-
-    Each conversation is rendered by the tokenizer's chat template (generation prompt on) and
-    both engines decode greedily from the same ids, stopping at their end-of-turn tokens.
-    Reports the share of answers whose token ids are identical (stop token excluded), and for
-    the others the first position where they part. ``passed`` is True when all are identical;
-    for quantized files it is a report, not a requirement.
-    """
+def hf_greedy_answers(
+    hf_model: Any, tokenizer: Any, prompts: Sequence[Sequence[Message]], max_new_tokens: int = 32
+) -> list[dict[str, Any]]:
+    """Greedy answers of the HF model: prompt ids (the tokenizer's chat template, generation
+    prompt on), answer ids without the stop token, and whether it stopped at end-of-turn.
+    Computed once and compared with every GGUF by :func:`check_answers`."""
     import torch
 
-    llm = open_llama(gguf_path, n_ctx=n_ctx, kv_f32=kv_f32)
     stops = _hf_stop_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops or [0])[0]
     hf_model.eval()
-    rows = []
+    out = []
     for conv in prompts:
         _, ids = _hf_prompt_ids(tokenizer, conv)
         with torch.no_grad():
@@ -1130,10 +1117,38 @@ def check_answers(
                 eos_token_id=stops or None,
                 pad_token_id=pad,
             )[0][len(ids) :].tolist()
-        hf_stopped = bool(gen) and gen[-1] in stops
-        if hf_stopped:
-            gen = gen[:-1]
-        ours, stopped = _llama_greedy(llm, ids, max_new_tokens)
+        stopped = bool(gen) and gen[-1] in stops
+        out.append({"prompt_ids": ids, "ids": gen[:-1] if stopped else gen, "stopped": stopped})
+    return out
+
+
+def check_answers(
+    hf_model: Any,
+    tokenizer: Any,
+    gguf_path: str | Path,
+    prompts: Sequence[Sequence[Message]],
+    max_new_tokens: int = 32,
+    *,
+    n_ctx: int = 2048,
+    kv_f32: bool = False,
+    reference: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Greedy answers of the HF model and of llama.cpp on the same rendered prompts.
+
+    Each conversation is rendered by the tokenizer's chat template (generation prompt on) and
+    both engines decode greedily from the same ids, stopping at their end-of-turn tokens.
+    ``reference`` (from :func:`hf_greedy_answers`) saves recomputing the HF side when several
+    GGUFs are checked. Reports the share of answers whose token ids are identical (stop token
+    excluded), and for the others the first position where they part. ``passed`` is True when
+    all are identical; for quantized files it is a report, not a requirement.
+    """
+    if reference is None:
+        reference = hf_greedy_answers(hf_model, tokenizer, prompts, max_new_tokens)
+    llm = open_llama(gguf_path, n_ctx=n_ctx, kv_f32=kv_f32)
+    rows = []
+    for ref in reference:
+        gen = ref["ids"]
+        ours, stopped = _llama_greedy(llm, ref["prompt_ids"], max_new_tokens)
         parts = next(
             (i for i, (a, b) in enumerate(zip(gen, ours, strict=False)) if a != b),
             None if len(gen) == len(ours) else min(len(gen), len(ours)),
@@ -1144,7 +1159,7 @@ def check_answers(
                 "first_difference": parts,
                 "hf_text": tokenizer.decode(gen),
                 "gguf_text": tokenizer.decode(ours),
-                "hf_stopped": hf_stopped,
+                "hf_stopped": ref["stopped"],
                 "gguf_stopped": stopped,
             }
         )

@@ -52,6 +52,12 @@ def render_card(run: Path) -> str:
     merge = _load(run, "export/merge_check.json")
     timings = _load(run, "timings.json") or {}
     env = _load(run, "env.json") or {}
+    # GGUF variants in the config's order (q8_0 before q4_k_m: falling precision).
+    order = [f"gguf-{t}" for t in cfg.get("export", {}).get("gguf_types", [])]
+    found = {p.parent.name: p for p in (run / "eval").glob("gguf-*/metrics.json")}
+    ranked = sorted(found, key=lambda n: (order.index(n) if n in order else len(order), n))
+    quantized = {n: read_json(found[n]) for n in ranked}
+    comp_gguf = _load(run, "eval/compare_gguf.json")
     L: list[str] = []
     name = cfg["name"]
     L += [
@@ -183,7 +189,17 @@ def render_card(run: Path) -> str:
             from specialize.report.eval_report import results_table
 
             shaped = comp if "vs_reference" in comp else comp | {"vs_reference": {"tuned": d}}
-            L[-2:] = results_table({"base": base, "tuned": tuned}, shaped | {"reference": "base"})
+            shown = {"base": base, "tuned": tuned} | quantized
+            against = {n: comp_gguf for n in quantized} if comp_gguf else {}
+            L[-2:] = results_table(shown, shaped | {"reference": "base"}, against)
+            if quantized:
+                L += [
+                    "",
+                    "The GGUF columns are the exported files answering through llama.cpp with "
+                    "their own chat template; their deltas are against the tuned model they "
+                    "were made from (paired on the same records). They have no loss or "
+                    "perplexity column: those are computed by PyTorch on the HF model.",
+                ]
         if not qa:
             L.append(
                 f"| loss (all tokens) | {_fmt(base['loss'])} | {_fmt(tuned['loss'])} | "
@@ -247,6 +263,8 @@ def render_card(run: Path) -> str:
             "",
         ]
 
+    L += edge_section(run, name)
+
     hw = env.get("hardware", {})
     L += [
         "## Hardware and time",
@@ -294,6 +312,98 @@ def render_card(run: Path) -> str:
         "",
     ]
     return "\n".join(L)
+
+
+def _mb(n: int | None) -> str:
+    return f"{n / 1e6:.1f} MB" if n else "-"
+
+
+def edge_section(run: Path, name: str) -> list[str]:
+    """Sizes, CPU speed and round-trip checks of the exported GGUFs, and how to run them."""
+    sizes = _load(run, "export/sizes.json")
+    checks = (_load(run, "export/gguf_checks.json") or {}).get("checks")
+    speed = (_load(run, "export/speed.json") or {}).get("artifacts", {})
+    if not sizes:
+        return []
+    gg = sizes.get("gguf", {})
+    L = [
+        "## Edge export (GGUF)",
+        "",
+        "| artifact | file | size | bits/weight | CPU tokens/s |",
+        "|---|---|---:|---:|---:|",
+    ]
+    rows = [
+        ("base (PyTorch float32)", "base model weights", sizes.get("base"), None, "base"),
+        ("base + adapter (PEFT)", "`adapter/`", sizes.get("adapter"), None, "adapter"),
+        ("merged (PyTorch float32)", "`merged/`", sizes.get("merged"), None, "merged"),
+    ]
+    for t, g in gg.items():
+        rows.append(
+            (
+                f"GGUF {t.upper()} (llama.cpp)",
+                f"`gguf/{name}-{t}.gguf`",
+                g.get("bytes"),
+                g.get("bits_per_weight"),
+                f"gguf-{t}",
+            )
+        )
+    for label, file, size, bpw, key in rows:
+        tps = speed.get(key, {}).get("tokens_per_s")
+        L.append(
+            f"| {label} | {file} | {_mb(size)} | {f'{bpw:.2f}' if bpw else '-'} | "
+            f"{f'{tps:.1f}' if tps else '-'} |"
+        )
+    if speed:
+        first = next(iter(speed.values()))
+        L += [
+            "",
+            f"Speed: {first.get('new_tokens')} tokens generated greedily after a test prompt, "
+            "one sequence, median of 3 runs after a warm-up, prefill included; "
+            f"{first.get('threads')} threads. The adapter's size is its folder; base and "
+            "merged sizes are their weight files.",
+        ]
+    if checks:
+        tpl = checks.get("template", {})
+        probe = tpl.get("stop_probe", {})
+        L += [
+            "",
+            f"Round-trip checks (`export/gguf_checks.json`): {tpl.get('ids_identical')} of "
+            f"{tpl.get('conversations')} test conversations render to identical token ids "
+            "with the HF tokenizer's template and with the GGUF's own template; generation "
+            f"{'stops' if probe.get('stopped_correctly') else 'does NOT stop'} at the "
+            f"end-of-turn token (id {probe.get('end_of_turn_id')}).",
+            "",
+            "| GGUF | positions | top-1 agreement with merged | mean KL (nats) "
+            "| identical greedy answers | check |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for t, c in checks.items():
+            if t == "template":
+                continue
+            lg, an = c["logits"], c["answers"]
+            verdict = (
+                ("passed" if c["passed"] else "FAILED") + f" (top-1 ≥ {lg['min_top1']:.0%})"
+                if lg.get("min_top1")
+                else "reported"
+            )
+            L.append(
+                f"| {t.upper()} | {lg['positions']} | {lg['top1_agreement']:.2%} | "
+                f"{lg['kl_mean']:.2e} | {an['identical']}/{an['prompts']} | {verdict} |"
+            )
+    if gg:
+        small = f"{name}-{list(gg)[-1]}.gguf"
+        L += [
+            "",
+            "Run it with llama.cpp or Ollama (the chat template and stop token are in the file):",
+            "",
+            "```bash",
+            f'llama-cli -m gguf/{small} -cnv -p "You are a helpful assistant."',
+            f"llama-server -m gguf/{small} --port 8080   # OpenAI-compatible /v1/chat/completions",
+            f'printf "FROM ./gguf/{small}\\n" > Modelfile && ollama create {name} -f Modelfile '
+            f"&& ollama run {name}",
+            "```",
+        ]
+    return L + [""]
 
 
 def write_card(run: Path) -> Path:

@@ -40,24 +40,35 @@ def _ci(d: dict[str, float] | None, digits: int = 4) -> str:
     return f"{d['delta']:+.{digits}f} [{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}]"
 
 
-def results_table(metrics: dict[str, dict[str, Any]], compare: dict[str, Any]) -> list[str]:
+def results_table(
+    metrics: dict[str, dict[str, Any]],
+    compare: dict[str, Any],
+    against: dict[str, dict[str, Any]] | None = None,
+) -> list[str]:
     """Rows: metrics present in any variant; columns: each variant, then each delta vs the
-    reference variant with its paired-bootstrap 95% CI."""
+    reference variant with its paired-bootstrap 95% CI.
+
+    ``against`` gives some variants another reference: a comparison dict (as from
+    ``compare_variants``) per variant, e.g. each GGUF against the tuned model it came from
+    rather than against the base model.
+    """
     names = list(metrics)
     ref = compare.get("reference", names[0])
+    against = against or {}
     others = [n for n in names if n != ref]
-    head = ["metric", *names, *[f"Δ {o} − {ref} (95% CI)" for o in others]]
+    refs = {o: against[o]["reference"] if o in against else ref for o in others}
+    head = ["metric", *names, *[f"Δ {o} − {refs[o]} (95% CI)" for o in others]]
     lines = [
         "| " + " | ".join(head) + " |",
         "|---" + "|---:" * len(names) + "|---" * len(others) + "|",
     ]
-    vs = compare.get("vs_reference", {})
+    vs = {o: (against.get(o) or compare).get("vs_reference", {}).get(o, {}) for o in others}
     for key in ORDER:
         if not any(key in metrics[n] for n in names):
             continue
         digits = 3 if key == "perplexity" else 4
         cells = [LABELS[key]] + [_num(metrics[n].get(key), digits) for n in names]
-        cells += [_ci(vs.get(o, {}).get(key), digits) for o in others]
+        cells += [_ci(vs[o].get(key), digits) for o in others]
         lines.append("| " + " | ".join(cells) + " |")
     extra = [
         ("stopped_rate", "answers ending at end-of-turn"),

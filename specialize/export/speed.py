@@ -1,0 +1,103 @@
+"""CPU generation speed of each artifact: the HF model in PyTorch and each GGUF in llama.cpp.
+
+Both engines get the same prompt ids and produce exactly ``new_tokens`` tokens greedily, one
+sequence at a time (the edge case: one user, one device). End-of-turn is not allowed to end
+the run early (HF: ``min_new_tokens``; llama.cpp: the token loop ignores it), so every
+measurement covers the same amount of work. A warm-up run comes first (allocations, thread
+pools, the KV cache); the figure is the median over ``repeats`` timed runs of
+``new_tokens / wall seconds`` and so includes the prompt's prefill, which for a short prompt
+is a small share. Timings on a shared CPU are noisy: compare figures from one process.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+
+def cpu_threads() -> int:
+    """Cores this process may use (llama-cpp-python's own default is half the cores)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _summary(times: list[float], new_tokens: int, engine: str, **extra: Any) -> dict[str, Any]:
+    med = statistics.median(times)
+    return {
+        "engine": engine,
+        "tokens_per_s": new_tokens / med,
+        "new_tokens": new_tokens,
+        "runs_s": [round(t, 4) for t in times],
+        **extra,
+    }
+
+
+def hf_tokens_per_s(
+    model: Any, prompt_ids: list[int], new_tokens: int = 64, repeats: int = 3
+) -> dict[str, Any]:
+    """Greedy tokens/s of a Hugging Face causal LM in its current dtype, batch 1."""
+    import torch
+
+    model.eval()
+    ids = torch.tensor([prompt_ids])
+    mask = torch.ones_like(ids)
+    pad = getattr(model.generation_config, "pad_token_id", None)
+    if pad is None:
+        pad = 0
+
+    def once(n: int) -> float:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=pad,
+            )
+        elapsed = time.perf_counter() - t0
+        got = out.shape[1] - ids.shape[1]
+        if got != n:
+            raise RuntimeError(f"HF generated {got} tokens, expected {n}")
+        return elapsed
+
+    once(min(8, new_tokens))
+    times = [once(new_tokens) for _ in range(repeats)]
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return _summary(times, new_tokens, "transformers", dtype=dtype, threads=torch.get_num_threads())
+
+
+def gguf_tokens_per_s(
+    gguf_path: str | Path,
+    prompt_ids: list[int],
+    new_tokens: int = 64,
+    repeats: int = 3,
+    n_threads: int | None = None,
+) -> dict[str, Any]:
+    """Greedy tokens/s of a GGUF in llama.cpp (llama-cpp-python's sampler), batch 1."""
+    from specialize.export.gguf import open_llama
+
+    threads = n_threads or cpu_threads()
+    llm = open_llama(gguf_path, n_ctx=len(prompt_ids) + new_tokens + 8, n_threads=threads)
+
+    def once(n: int) -> float:
+        llm.reset()
+        got = 0
+        t0 = time.perf_counter()
+        # Llama.generate yields sampled tokens without stopping at end-of-turn (stopping is
+        # create_completion's job), so exactly n tokens are produced.
+        for _ in llm.generate(prompt_ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+            got += 1
+            if got == n:
+                break
+        return time.perf_counter() - t0
+
+    once(min(8, new_tokens))
+    times = [once(new_tokens) for _ in range(repeats)]
+    return _summary(times, new_tokens, "llama.cpp", file=Path(gguf_path).name, threads=threads)
