@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -316,3 +317,10 @@ def test_gguf_plan_says_why_an_architecture_cannot_be_exported(caplog):
     with pytest.raises(SpecializeError, match="export.gguf"):
         gguf_plan(ExportConfig(gguf=True), moe)
     assert gguf_plan(ExportConfig(gguf=False), moe) == "export.gguf is false"
+    # A model loaded from a GGUF (the bundled one) has a config with no architectures.
+    from_gguf = SimpleNamespace(architectures=None, model_type="llama", hidden_act="silu")
+    if importlib.util.find_spec("llama_cpp") is not None:
+        assert gguf_plan(ExportConfig(gguf=True), from_gguf) is None
+    from specialize.export.gguf import arch_spec
+
+    assert arch_spec(from_gguf)[0] == "LlamaForCausalLM"

@@ -155,9 +155,15 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 }
 
 
+MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+
+
 def arch_spec(config: Any) -> tuple[str, ArchSpec]:
     """The (architecture name, spec) of a config, or the one-line 'not supported' error."""
     names = list(getattr(config, "architectures", None) or [])
+    if not names and getattr(config, "model_type", None) in MODEL_TYPES:
+        # A model loaded from a GGUF (the bundled one) has a config without architectures.
+        names = [MODEL_TYPES[config.model_type]]
     for name in names:
         if name in ARCHITECTURES:
             spec = ARCHITECTURES[name]
