@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+
+import pytest
 
 from specialize.cli import main
 
@@ -58,6 +61,15 @@ def test_cpt_run_reports_held_out_perplexity(tiny_llama, tmp_path):
     # Every train row is packed: all tokens but each chunk's first are targets.
     hist = json.loads((run / "train/history.json").read_text())
     assert hist["steps"] >= 2
+    if importlib.util.find_spec("llama_cpp") is not None:  # export.gguf: auto
+        # The edge export of a CPT run is checked on held-out documents, not conversations.
+        checks = json.loads((run / "export/gguf_checks.json").read_text())["checks"]
+        assert "template" not in checks and checks["f16"]["passed"]
+        f16 = checks["f16"]["logits"]
+        assert f16["perplexity_gguf"] == pytest.approx(f16["perplexity_hf"], rel=1e-3)
+        assert "held-out perplexity, merged → GGUF" in card
+        speed = json.loads((run / "export/speed.json").read_text())["artifacts"]
+        assert speed["gguf-q4_k_m"]["tokens_per_s"] > 0
 
     # `specialize eval` on the cpt run: perplexity plus embedding quality (titles -> abstracts).
     out = work / "ev"

@@ -307,6 +307,64 @@ def test_disk_full_leaves_no_file(tiny_llama, tmp_path, monkeypatch):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_interrupted_export_leaves_no_file(tiny_llama, tmp_path, monkeypatch):
+    """Ctrl-C in the middle of the tensor data: no file under the final name, no temp file."""
+    calls = {"n": 0}
+    real = gguf.GGUFWriter.write_tensor_data
+
+    def interrupt_on_third(self, tensor, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, tensor, *args, **kwargs)
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", interrupt_on_third)
+    out = tmp_path / "cut.gguf"
+    with pytest.raises(KeyboardInterrupt):
+        convert_to_gguf(tiny_llama, out)
+    assert calls["n"] == 3 and list(tmp_path.iterdir()) == []
+
+
+KILLED_WRITER = """
+import sys, time
+import gguf
+from specialize.export.gguf import convert_to_gguf
+
+real = gguf.GGUFWriter.write_tensor_data
+def slow(self, tensor, *a, **k):
+    real(self, tensor, *a, **k)
+    print("wrote", flush=True)
+    time.sleep(30)
+gguf.GGUFWriter.write_tensor_data = slow
+convert_to_gguf(sys.argv[1], sys.argv[2])
+"""
+
+
+def test_killed_export_leaves_nothing_under_the_final_name(tiny_llama, tmp_path):
+    """SIGKILL mid-write (no cleanup can run): the final name never appears; what is left is
+    a hidden temp file, which the next export does not read."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "killed.gguf"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(tiny_llama), str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "wrote"  # some tensor data is on disk
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert not out.exists()
+    left = [p.name for p in tmp_path.iterdir()]
+    assert all(n.startswith(".killed.gguf.") and n.endswith(".tmp") for n in left), left
+    convert_to_gguf(tiny_llama, out)  # a rerun writes the file whole
+    assert gguf.GGUFReader(str(out)).tensors
+
+
 def test_bad_out_type_and_missing_llama_cpp(tiny_llama, tmp_path, monkeypatch):
     from specialize.export import gguf as gguf_export
 

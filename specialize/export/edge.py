@@ -107,8 +107,11 @@ def export_edge(
     )
     paths = {t: str(run / "gguf" / name) for t, name in report["files"].items()}
 
-    if ex.speed_tokens and records and cfg.mode == "sft":
-        prompt = render_prompt(records[0]["messages"][:-1], tokenizer, cfg.chat.format)
+    if ex.speed_tokens and records:
+        if cfg.mode == "sft":
+            prompt = render_prompt(records[0]["messages"][:-1], tokenizer, cfg.chat.format)
+        else:  # continue the first held-out document
+            prompt = tokenizer(records[0]["text"], add_special_tokens=False)["input_ids"][:64]
         speed = measure_speed(run, source, prompt, paths, ex.speed_tokens)
         write_json(run / "export" / "speed.json", speed)
 

@@ -31,6 +31,7 @@ log = logging.getLogger("specialize")
 DEFAULT_TYPES = ("q8_0", "q4_k_m")
 LOGIT_TEXTS = 32  # held-out conversations for top-1/KL: ~1,500 positions on the bundled run
 ANSWER_TOKENS = 32
+DOC_TOKENS = 256  # CPT runs: the first tokens of each held-out document
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
@@ -91,7 +92,9 @@ def export_run(
     meta_path = run / "adapter" / "specialize.json"
     meta = read_json(meta_path) if meta_path.is_file() else {}
     base_files = Path(str(meta.get("base_files", "")))
-    sizes: dict[str, Any] = {"base": weight_bytes(base_files)} if base_files.exists() else {}
+    sizes: dict[str, Any] = {}
+    if base_files.exists():
+        sizes |= {"base": weight_bytes(base_files), "base_path": str(base_files)}
     sizes |= {
         "adapter": _folder_bytes(run / "adapter"),
         "merged": weight_bytes(merged),
@@ -115,7 +118,9 @@ def export_run(
 
 def _checks(run: Path, merged: Path, files: dict[str, Any], n: int) -> dict[str, Any]:
     """Template and stop check on the F16 file; logits on up to ``LOGIT_TEXTS`` held-out
-    conversations and greedy answers on ``n`` prompts for every file."""
+    conversations and greedy answers on ``n`` prompts for every file. A CPT run has documents,
+    not conversations: logits on their first ``DOC_TOKENS`` tokens, greedy continuations of
+    their first quarter, and no template check (it trained none)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from specialize.export import gguf as g
@@ -131,14 +136,24 @@ def _checks(run: Path, merged: Path, files: dict[str, Any], n: int) -> dict[str,
         raise SpecializeError("the run saved no test records to check the GGUF on", path=run)
     meta = run / "adapter" / "specialize.json"
     fmt = read_json(meta).get("chat_format", "chatml") if meta.is_file() else "chatml"
-    prompts = [r["messages"][:-1] for r in records[:n]]
-    # Token ids, not text: special markers must be the special tokens on both sides.
-    texts = [render_conversation(r["messages"], tok, fmt).input_ids for r in records]
     out: dict[str, Any] = {}
-    out["template"] = g.check_template(tok, files["f16"]["path"], prompts)
+    if "messages" in records[0]:
+        prompts: list[Any] = [r["messages"][:-1] for r in records[:n]]
+        # Token ids, not text: special markers must be the special tokens on both sides.
+        texts = [render_conversation(r["messages"], tok, fmt).input_ids for r in records]
+        out["template"] = g.check_template(tok, files["f16"]["path"], prompts)
+    else:  # a CPT run: held-out documents, tokenized as training saw them
+        texts = [
+            tok(r["text"], add_special_tokens=False)["input_ids"][:DOC_TOKENS] for r in records
+        ]
+        texts = [t for t in texts if len(t) > 1]
+        prompts = [t[: DOC_TOKENS // 4] for t in texts[:n]]  # continue each document
     reference = g.hf_greedy_answers(model, tok, prompts, ANSWER_TOKENS)
+    hf_logits: dict[tuple[int, ...], Any] = {}  # computed once, compared with every file
     for t, f in files.items():
-        logits = g.check_logits(model, f["path"], texts, min_top1=0.99 if t == "f16" else 0.0)
+        logits = g.check_logits(
+            model, f["path"], texts, min_top1=0.99 if t == "f16" else 0.0, reference=hf_logits
+        )
         answers = g.check_answers(
             model, tok, f["path"], prompts, ANSWER_TOKENS, reference=reference
         )

@@ -1032,20 +1032,25 @@ def check_logits(
     min_top1: float = 0.99,
     kv_f32: bool = False,
     n_threads: int | None = None,
+    reference: dict[tuple[int, ...], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Next-token agreement of the GGUF (llama.cpp) with the Hugging Face model.
 
     Every position of every text is compared: top-1 agreement (share of positions whose
-    argmax is the same), mean and max KL(HF || GGUF) in nats, and the largest absolute logit
-    difference. Both models see the same ids: strings are tokenized by llama.cpp (BOS added if
-    the GGUF says so); tokenizer agreement is :func:`check_template`'s job. ``passed`` is
-    top-1 agreement >= ``min_top1`` (use it for F32/F16; for quantized files read the numbers).
+    argmax is the same), mean and max KL(HF || GGUF) in nats, the largest absolute logit
+    difference, and the perplexity of the texts' own next tokens under each model. Both
+    models see the same ids: strings are tokenized by llama.cpp (BOS added if the GGUF says
+    so); tokenizer agreement is :func:`check_template`'s job. ``passed`` is top-1 agreement
+    >= ``min_top1`` (use it for F32/F16; for quantized files read the numbers).
+    ``reference`` is a cache of HF logits by ids, shared when several GGUFs are checked.
     """
     import torch
 
     llm = open_llama(gguf_path, n_ctx=n_ctx, logits_all=True, n_threads=n_threads, kv_f32=kv_f32)
     agree = total = 0
     kls: list[np.ndarray] = []
+    nll_hf: list[np.ndarray] = []
+    nll_gguf: list[np.ndarray] = []
     max_diff = max_logit = 0.0
     hf_model.eval()
     for item in texts:
@@ -1059,8 +1064,12 @@ def check_logits(
         llm.reset()
         llm.eval(ids)
         ours = np.array(llm.scores[: len(ids)], dtype=np.float64)
-        with torch.no_grad():
-            ref = hf_model(input_ids=torch.tensor([ids])).logits[0].double().numpy()
+        ref = reference.get(tuple(ids)) if reference is not None else None
+        if ref is None:
+            with torch.no_grad():
+                ref = hf_model(input_ids=torch.tensor([ids])).logits[0].double().numpy()
+            if reference is not None:
+                reference[tuple(ids)] = ref
         if ref.shape != ours.shape:
             raise SpecializeError(
                 f"vocabulary sizes differ: HF {ref.shape[-1]}, GGUF {ours.shape[-1]}",
@@ -1070,11 +1079,20 @@ def check_logits(
         total += len(ids)
         lp, lq = _log_softmax(ref), _log_softmax(ours)
         kls.append((np.exp(lp) * (lp - lq)).sum(-1))
+        # Held-out negative log-likelihood of each next token under both models.
+        nxt = np.array(ids[1:])
+        pos = np.arange(len(nxt))
+        nll_hf.append(-lp[pos, nxt])
+        nll_gguf.append(-lq[pos, nxt])
         max_diff = max(max_diff, float(np.abs(ref - ours).max()))
         max_logit = max(max_logit, float(np.abs(ref).max()))
     kl = np.concatenate(kls) if kls else np.zeros(0)
     top1 = agree / total if total else 0.0
+    a = np.concatenate(nll_hf) if nll_hf else np.zeros(0)
+    b = np.concatenate(nll_gguf) if nll_gguf else np.zeros(0)
     return {
+        "perplexity_hf": float(np.exp(a.mean())) if a.size else float("nan"),
+        "perplexity_gguf": float(np.exp(b.mean())) if b.size else float("nan"),
         "texts": len(texts),
         "positions": total,
         "top1_agreement": top1,
@@ -1106,10 +1124,14 @@ def _llama_greedy(llm: Any, prompt: list[int], max_new_tokens: int) -> tuple[lis
 
 
 def hf_greedy_answers(
-    hf_model: Any, tokenizer: Any, prompts: Sequence[Sequence[Message]], max_new_tokens: int = 32
+    hf_model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[Message]] | Sequence[Sequence[int]],
+    max_new_tokens: int = 32,
 ) -> list[dict[str, Any]]:
     """Greedy answers of the HF model: prompt ids (the tokenizer's chat template, generation
-    prompt on), answer ids without the stop token, and whether it stopped at end-of-turn.
+    prompt on; or given ids, to continue a document), answer ids without the stop token, and
+    whether it stopped at end-of-turn.
     Computed once and compared with every GGUF by :func:`check_answers`."""
     import torch
 
@@ -1118,7 +1140,10 @@ def hf_greedy_answers(
     hf_model.eval()
     out = []
     for conv in prompts:
-        _, ids = _hf_prompt_ids(tokenizer, conv)
+        if conv and isinstance(conv[0], int):  # raw token ids: continue a document
+            ids = [int(t) for t in conv]
+        else:
+            _, ids = _hf_prompt_ids(tokenizer, conv)
         with torch.no_grad():
             gen = hf_model.generate(
                 torch.tensor([ids]),

@@ -333,7 +333,13 @@ def edge_section(run: Path, name: str) -> list[str]:
         "|---|---|---:|---:|---:|",
     ]
     rows = [
-        ("base (PyTorch float32)", "base model weights", sizes.get("base"), None, "base"),
+        (
+            "base (PyTorch float32)",
+            f"`{Path(sizes['base_path']).name}`" if sizes.get("base_path") else "-",
+            sizes.get("base"),
+            None,
+            "base",
+        ),
         ("base + adapter (PEFT)", "`adapter/`", sizes.get("adapter"), None, "adapter"),
         ("merged (PyTorch float32)", "`merged/`", sizes.get("merged"), None, "merged"),
     ]
@@ -360,22 +366,32 @@ def edge_section(run: Path, name: str) -> list[str]:
             f"Speed: {first.get('new_tokens')} tokens generated greedily after a test prompt, "
             "one sequence, median of 3 runs after a warm-up, prefill included; "
             f"{first.get('threads')} threads. The adapter's size is its folder; base and "
-            "merged sizes are their weight files.",
+            "merged sizes are their weight files (a base stored as GGUF is dequantized to "
+            "float32 when loaded).",
         ]
     if checks:
-        tpl = checks.get("template", {})
-        probe = tpl.get("stop_probe", {})
+        tpl = checks.get("template")
+        if tpl:
+            probe = tpl.get("stop_probe", {})
+            L += [
+                "",
+                f"Round-trip checks (`export/gguf_checks.json`): {tpl.get('ids_identical')} of "
+                f"{tpl.get('conversations')} test conversations render to identical token ids "
+                "with the HF tokenizer's template and with the GGUF's own template; generation "
+                f"{'stops' if probe.get('stopped_correctly') else 'does NOT stop'} at the "
+                f"end-of-turn token (id {probe.get('end_of_turn_id')}).",
+            ]
+        else:
+            L += [
+                "",
+                "Round-trip checks (`export/gguf_checks.json`) on held-out documents (a CPT "
+                "run trains no chat template, so none is checked).",
+            ]
         L += [
             "",
-            f"Round-trip checks (`export/gguf_checks.json`): {tpl.get('ids_identical')} of "
-            f"{tpl.get('conversations')} test conversations render to identical token ids "
-            "with the HF tokenizer's template and with the GGUF's own template; generation "
-            f"{'stops' if probe.get('stopped_correctly') else 'does NOT stop'} at the "
-            f"end-of-turn token (id {probe.get('end_of_turn_id')}).",
-            "",
             "| GGUF | positions | top-1 agreement with merged | mean KL (nats) "
-            "| identical greedy answers | check |",
-            "|---|---:|---:|---:|---:|---|",
+            "| held-out perplexity, merged → GGUF | identical greedy answers | check |",
+            "|---|---:|---:|---:|---:|---:|---|",
         ]
         for t, c in checks.items():
             if t == "template":
@@ -386,18 +402,26 @@ def edge_section(run: Path, name: str) -> list[str]:
                 if lg.get("min_top1")
                 else "reported"
             )
+            ppl = (
+                f"{lg['perplexity_hf']:.3f} → {lg['perplexity_gguf']:.3f}"
+                if "perplexity_gguf" in lg
+                else "-"
+            )
             L.append(
                 f"| {t.upper()} | {lg['positions']} | {lg['top1_agreement']:.2%} | "
-                f"{lg['kl_mean']:.2e} | {an['identical']}/{an['prompts']} | {verdict} |"
+                f"{lg['kl_mean']:.2e} | {ppl} | {an['identical']}/{an['prompts']} | {verdict} |"
             )
     if gg:
         small = f"{name}-{list(gg)[-1]}.gguf"
+        chat = bool(checks and checks.get("template"))
         L += [
             "",
             "Run it with llama.cpp or Ollama (the chat template and stop token are in the file):",
             "",
             "```bash",
-            f'llama-cli -m gguf/{small} -cnv -p "You are a helpful assistant."',
+            f"llama-cli -m gguf/{small} -cnv"
+            if chat
+            else f'llama-cli -m gguf/{small} -no-cnv -p "The first words of a text"',
             f"llama-server -m gguf/{small} --port 8080   # OpenAI-compatible /v1/chat/completions",
             f'printf "FROM ./gguf/{small}\\n" > Modelfile && ollama create {name} -f Modelfile '
             f"&& ollama run {name}",
