@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
+import pytest
 import yaml
 
 from specialize.cli import main
@@ -103,3 +105,26 @@ def test_ablations_report_every_condition_and_conflict_following(tmp_path, tiny_
     assert "classification" in report["metrics"]["base"]  # per-class report on the full set
     md = (out / "report.md").read_text()
     assert "## Ablation conditions" in md and "conflict_region" in md
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed"
+)
+def test_gguf_against_tuned_per_condition(tmp_path, tiny_llama):
+    """The triage seed's table: the quantized file against the tuned model, per condition."""
+    run = _run_dir(tmp_path, tiny_llama)
+    assert main(["export", str(run), "--types", "q8_0", "--no-checks"]) == 0
+    out = tmp_path / "ev"
+    code = main(["eval", str(run), "--gguf", "--out", str(out), "--no-progress", "--no-bertscore"])
+    assert code == 0
+    report = read_json(out / "report.json")
+    per = report["ablations_vs_tuned"]
+    assert list(per) == ["full", "no_region", "noisy_obs", "conflict_region"]
+    for row in per.values():
+        assert row["n"] == 11 and set(row) == {"n", "gguf-f16", "gguf-q8_0"}
+        acc = row["gguf-q8_0"]["accuracy"]
+        assert acc["delta"] == pytest.approx(acc["value"] - acc["tuned"])
+        assert acc["ci_low"] <= acc["delta"] <= acc["ci_high"]
+    md = (out / "report.md").read_text()
+    assert "### Exported GGUFs against the tuned model, per condition" in md
+    assert "| conflict_region | 11 |" in md

@@ -263,6 +263,7 @@ def run_eval(req: EvalRequest) -> Path:
 
         conditions = build_conditions(plan.records, plan.ablations)
     ablation: dict[str, Any] = {}
+    cond_preds: dict[str, dict[str, list[dict[str, Any]]]] = {}
 
     def one(name: str, m: Any, backend: Any = None) -> None:
         preds[name], metrics[name] = evaluate_variant(
@@ -303,6 +304,7 @@ def run_eval(req: EvalRequest) -> Path:
                 met["conflict_following"] = conflict_following(recs, p)
             entry = ablation.setdefault(cname, {"report": report, "metrics": {}})
             entry["metrics"][name] = met
+            cond_preds.setdefault(cname, {})[name] = p
             write_jsonl(plan.out / "ablations" / cname / f"{name}.jsonl", p)
 
     one("base", model)
@@ -343,9 +345,79 @@ def run_eval(req: EvalRequest) -> Path:
             notes += [f"### {name}", "", condition_table(by_cond), ""]
         skipped = {c: a["report"]["skipped"] for c, a in ablation.items()}
         notes += [f"Records left out per condition (reason: count): {skipped}", ""]
+        if quantized and "tuned" in preds:
+            # The triage seed's table: what quantization cost under each condition.
+            per_cond = quantization_by_condition(cond_preds, quantized, plan.bootstrap, plan.seed)
+            extra["ablations_vs_tuned"] = per_cond
+            notes += ["### Exported GGUFs against the tuned model, per condition", ""]
+            notes += condition_delta_table(per_cond) + [""]
     _write(plan, preds, metrics, comparison, extra, notes)
     shutil.rmtree(partial, ignore_errors=True)
     return plan.out
+
+
+QUANT_METRICS = ("accuracy", "f1", "exact_match", "bertscore_f1")
+
+
+def quantization_by_condition(
+    cond_preds: dict[str, dict[str, list[dict[str, Any]]]],
+    quantized: list[str],
+    samples: int,
+    seed: int,
+) -> dict[str, dict[str, Any]]:
+    """Per ablation condition: each GGUF against the tuned model on that condition's records
+    (paired bootstrap CIs), as ``{condition: {variant: {metric: {value, tuned, delta, ci}}}}``.
+    """
+    from specialize.evaluate.evaluation import compare_variants, summarize
+
+    out: dict[str, dict[str, Any]] = {}
+    for cname, by_variant in cond_preds.items():
+        present = [q for q in quantized if q in by_variant]
+        if "tuned" not in by_variant or not present:
+            continue
+        comp = compare_variants({n: by_variant[n] for n in ["tuned", *present]}, [], samples, seed)
+        tuned = summarize(by_variant["tuned"], "tuned")
+        row: dict[str, Any] = {"n": comp["n"]}
+        for q in present:
+            mine = summarize(by_variant[q], q)
+            row[q] = {
+                m: {"tuned": tuned[m], "value": mine[m], **comp["vs_reference"][q][m]}
+                for m in QUANT_METRICS
+                if m in comp["vs_reference"][q] and m in tuned and m in mine
+            }
+        out[cname] = row
+    return out
+
+
+def condition_delta_table(per_cond: dict[str, dict[str, Any]]) -> list[str]:
+    """Rows: conditions; per metric: the tuned value, then each GGUF's value and Δ (95% CI)."""
+    first = next(iter(per_cond.values()), {})
+    variants = [k for k in first if k != "n"]
+    metrics = [m for m in QUANT_METRICS if any(m in first[q] for q in variants)]
+    head = ["condition", "n"]
+    for m in metrics:
+        head.append(f"tuned {m}")
+        for q in variants:
+            head += [f"{q} {m}", f"Δ {q} − tuned (95% CI)"]
+    per_metric = 1 + 2 * len(variants)
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|---|---:" + ("|---:" + "|---:|---" * len(variants)) * len(metrics) + "|",
+    ]
+    for cname, row in per_cond.items():
+        cells = [cname.replace("|", "\\|"), str(row["n"])]
+        for m in metrics:
+            group = ["-"] * per_metric
+            for i, q in enumerate(variants):
+                d = row.get(q, {}).get(m)
+                if d is None:
+                    continue
+                group[0] = f"{d['tuned']:.4f}"
+                group[1 + 2 * i] = f"{d['value']:.4f}"
+                group[2 + 2 * i] = f"{d['delta']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
+            cells += group
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def with_adapter(model: Any, adapter: Path) -> Any:
