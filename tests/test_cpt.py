@@ -67,7 +67,7 @@ def test_cpt_run_reports_held_out_perplexity(tiny_llama, tmp_path):
         assert "template" not in checks and checks["f16"]["passed"]
         f16 = checks["f16"]["logits"]
         assert f16["perplexity_gguf"] == pytest.approx(f16["perplexity_hf"], rel=1e-3)
-        assert "held-out perplexity, merged → GGUF" in card
+        assert "perplexity of every token, merged → GGUF" in card
         speed = json.loads((run / "export/speed.json").read_text())["artifacts"]
         assert speed["gguf-q4_k_m"]["tokens_per_s"] > 0
 

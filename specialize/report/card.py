@@ -390,7 +390,7 @@ def edge_section(run: Path, name: str) -> list[str]:
         L += [
             "",
             "| GGUF | positions | top-1 agreement with merged | mean KL (nats) "
-            "| held-out perplexity, merged → GGUF | identical greedy answers | check |",
+            "| perplexity of every token, merged → GGUF | identical greedy answers | check |",
             "|---|---:|---:|---:|---:|---:|---|",
         ]
         for t, c in checks.items():
@@ -411,6 +411,16 @@ def edge_section(run: Path, name: str) -> list[str]:
                 f"| {t.upper()} | {lg['positions']} | {lg['top1_agreement']:.2%} | "
                 f"{lg['kl_mean']:.2e} | {ppl} | {an['identical']}/{an['prompts']} | {verdict} |"
             )
+        L += [
+            "",
+            "Positions are every token of held-out test conversations (prompts included), so "
+            "this perplexity is not the answer-token perplexity of the results table and can "
+            "move the other way; whether the tuned behaviour survived is what the GGUF columns "
+            "of the results table measure."
+            if tpl
+            else "Positions are the first tokens of held-out documents: the perplexity column "
+            "is what each file keeps of what continued pre-training taught.",
+        ]
     if gg:
         small = f"{name}-{list(gg)[-1]}.gguf"
         chat = bool(checks and checks.get("template"))
