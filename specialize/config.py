@@ -270,6 +270,12 @@ class EvalConfig(Section):
 
 class ExportConfig(Section):
     merge: bool = Field(True, description="Save the merged model (LoRA folded in) as HF folder.")
+    merged_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None,
+        description="dtype of the saved merged model (default: model.dtype). bfloat16/float16 "
+        "halve the folder; the merge is then checked before the cast and the saved model's "
+        "agreement with the adapter is reported. GGUF is converted from the merged folder.",
+    )
     check_prompts: int = Field(
         4, ge=1, description="Prompts used to check merged logits against adapter logits."
     )

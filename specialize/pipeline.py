@@ -422,7 +422,10 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
                 check_dtype = getattr(torch, cfg.export.check_dtype)
                 peft_model.to(check_dtype)  # merge and compare in this precision
                 adapter_logits = logits_for(peft_model, check_prompts)
-                merge_and_save(peft_model, tokenizer, stage / "merged", cfg.model.dtype)
+                saved = cfg.export.merged_dtype or cfg.model.dtype
+                _, merged_logits = merge_and_save(
+                    peft_model, tokenizer, stage / "merged", saved, check_prompts
+                )
                 check = check_merged(
                     stage / "merged",
                     check_prompts,
@@ -431,6 +434,8 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
                     cfg.export.atol,
                     cfg.export.rtol,
                     check_dtype,
+                    merged_logits=merged_logits,
+                    saved_dtype=saved,
                 )
                 write_json(stage / "export" / "merge_check.json", check)
             log.info(

@@ -87,3 +87,32 @@ def test_eval_compares_gguf_variants_with_the_tuned_model(run_dir, tmp_path):
     assert "f1" in report["compare"]["vs_reference"]["gguf-f16"]
     assert "f1" in report["vs_tuned"]["vs_reference"]["gguf-f16"]
     assert "## Exported GGUFs against the tuned model" in (out / "report.md").read_text()
+
+
+def test_bfloat16_merged_model_is_checked_before_the_cast(tiny_llama, tmp_path):
+    """export.merged_dtype bfloat16: half the folder; the merge is proved before the lossy
+    cast, and the GGUF is still converted and checked from the saved folder."""
+    from safetensors import safe_open
+
+    data = write_tiny_data(tmp_path / "data")
+    cfg = write_tiny_config(
+        tmp_path,
+        tiny_llama,
+        data,
+        export="{check_prompts: 2, merged_dtype: bfloat16, gguf_types: [q8_0], gguf_eval: false, "
+        "speed_tokens: 0}",
+    )
+    assert main(["run", str(cfg), "--no-progress"]) == 0
+    run = tmp_path / "runs" / "tiny"
+    with safe_open(str(run / "merged" / "model.safetensors"), framework="pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
+    check = json.loads((run / "export" / "merge_check.json").read_text())
+    assert check["passed"] and check["saved_dtype"] == "bfloat16"
+    assert check["max_abs_diff_before_cast"] < check["max_abs_diff_vs_adapter"]
+    assert 0.0 <= check["top1_agreement_saved"] <= 1.0
+    gchecks = json.loads((run / "export" / "gguf_checks.json").read_text())["checks"]
+    assert gchecks["f16"]["passed"]
+    assert not (run / "export" / "speed.json").exists()
+    assert not (run / "eval" / "gguf-q8_0").exists()
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "saved in bfloat16" in card and "| GGUF Q8_0 (llama.cpp) |" in card

@@ -60,7 +60,7 @@ def _merged(run: Path) -> Path:
     meta = read_json(run / "adapter" / "specialize.json")
     source = resolve(meta["base_model"])
     tuned = with_adapter(load_model(source, "float32"), run / "adapter")
-    merge_and_save(tuned, load_tokenizer(source), merged, "float32")
+    merge_and_save(tuned, load_tokenizer(source), merged, "float32")  # GGUF converts from it
     return merged
 
 

@@ -248,7 +248,22 @@ def render_card(run: Path) -> str:
             "",
         ]
 
-    if merge:
+    if merge and merge.get("saved_dtype") in ("bfloat16", "float16"):
+        L += [
+            "## Export",
+            "",
+            f"Merged model (LoRA folded in) in `merged/`, saved in {merge['saved_dtype']}. "
+            f"Before the cast, its logits on {merge['prompts']} prompts differed from the "
+            f"adapter model's by at most {merge['max_abs_diff_before_cast']:.2e} (tolerance "
+            f"{merge['atol']:g} + {merge.get('rtol', 0):g} x largest |logit| "
+            f"{merge.get('max_abs_adapter_logit', float('nan')):.1f}). Reloaded with "
+            f"`AutoModelForCausalLM`, the saved model differs by at most "
+            f"{merge['max_abs_diff_vs_adapter']:.2e} (the cast) and agrees on the next token at "
+            f"{merge['top1_agreement_saved']:.1%} of positions; it differs from the base model "
+            f"by {merge['max_abs_diff_vs_base']:.2e}.",
+            "",
+        ]
+    elif merge:
         L += [
             "## Export",
             "",
