@@ -27,6 +27,7 @@ from specialize.export.gguf import (
     convert_to_gguf,
     permute_rotary,
 )
+from specialize.models.tiny import build_llama
 
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 needs_llama_cpp = pytest.mark.skipif(
@@ -96,7 +97,7 @@ def head_adapted(tmp_path_factory):
     """A tied tiny LLaMA whose lm_head got a LoRA adapter (non-zero B), merged and saved."""
     from peft import LoraConfig, get_peft_model
 
-    from specialize.models.tiny import build_llama, build_tokenizer
+    from specialize.models.tiny import build_tokenizer
     from specialize.train.lora import untie_output_head
 
     tok = build_tokenizer("chatml")
@@ -257,20 +258,9 @@ def test_unsupported_architecture_is_a_clear_error(arch, tiny_gpt_oss, tiny_llam
 
 
 def test_mistral_sliding_window_is_refused(tiny, tmp_path):
-    from transformers import MistralConfig, MistralForCausalLM
-
     _, tok = tiny
-    cfg = MistralConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        sliding_window=64,
-    )
-    MistralForCausalLM(cfg).save_pretrained(tmp_path / "m")
+    model = build_llama(tok, tie=False, mistral=True, num_hidden_layers=1, sliding_window=64)
+    model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     with pytest.raises(SpecializeError, match="sliding_window=64"):
         convert_to_gguf(tmp_path / "m", tmp_path / "m.gguf")
@@ -496,24 +486,10 @@ def test_backend_stops_and_honours_stop_strings(tiny, f16):
 
 @needs_llama_cpp
 def test_mistral_without_window_matches(tiny, tmp_path):
-    from transformers import MistralConfig, MistralForCausalLM
-
     from specialize.export.gguf import check_logits
 
     _, tok = tiny
-    torch.manual_seed(1)
-    cfg = MistralConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        sliding_window=None,
-        tie_word_embeddings=False,
-    )
-    model = MistralForCausalLM(cfg).eval()
+    model = build_llama(tok, tie=False, seed=1, mistral=True, sliding_window=None)
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     convert_to_gguf(tmp_path / "m", tmp_path / "m.gguf", "f32")
@@ -537,24 +513,16 @@ def test_mistral_without_window_matches(tiny, tmp_path):
     ids=["linear", "llama3"],
 )
 def test_rope_scaling_matches(rope, tiny, tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from specialize.export.gguf import check_logits
 
     _, tok = tiny
-    torch.manual_seed(2)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+    model = build_llama(
+        tok,
+        tie=False,
+        seed=2,
         rope_parameters={"rope_theta": 10000.0, **rope},
         attention_bias=True,
     )
-    model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # biases start at zero; make them count
         for layer in model.model.layers:
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
@@ -603,7 +571,7 @@ def test_llama3_style_tokenizer_with_bos_round_trips(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
     from specialize.export.gguf import _LLAMA3_REGEX, check_logits, check_template
-    from specialize.models.tiny import _CORPUS, CHATML_TEMPLATE, build_llama
+    from specialize.models.tiny import _CORPUS, CHATML_TEMPLATE
 
     specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>"]
     raw = Tokenizer(models.BPE())

@@ -71,26 +71,34 @@ def build_tokenizer(kind: str = "chatml", vocab_size: int = 384) -> Any:
     return fast
 
 
-def build_llama(tokenizer: Any, tie: bool = True, seed: int = 0) -> Any:
-    """A 2-layer LLaMA with hidden size 32 whose vocabulary matches ``tokenizer``."""
+def build_llama(
+    tokenizer: Any, tie: bool = True, seed: int = 0, mistral: bool = False, **config: Any
+) -> Any:
+    """A 2-layer LLaMA with hidden size 32 whose vocabulary matches ``tokenizer``.
+
+    ``mistral`` builds the same shape as ``MistralForCausalLM`` (the LLaMA family's other
+    member); ``config`` overrides or adds config fields (rope scaling, biases, window...).
+    """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=tie,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    fields: dict[str, Any] = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": tie,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": None,
+    } | config
+    if mistral:
+        return MistralForCausalLM(MistralConfig(**fields)).eval()
+    return LlamaForCausalLM(LlamaConfig(**fields)).eval()
 
 
 def build_gpt_oss(tokenizer: Any, seed: int = 0) -> Any:
