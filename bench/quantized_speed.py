@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,18 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(ROOT))
-
-
-def _median_over_prompts(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    times = [t for r in rows for t in r["runs_s"]]
-    n = rows[0]["new_tokens"]
-    return {
-        "tokens_per_s": n / statistics.median(times),
-        "new_tokens": n,
-        "runs_s": times,
-        "engine": rows[0]["engine"],
-        "threads": rows[0].get("threads"),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,16 +80,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"speed: {args.new_tokens} new tokens x {len(prompts)} prompts x {args.repeats} runs")
     speed: dict[str, Any] = {}
-    speed["hf_fp32"] = _median_over_prompts(
-        [hf_tokens_per_s(model, p, args.new_tokens, args.repeats) for p in prompts]
-    )
+    speed["hf_fp32"] = hf_tokens_per_s(model, prompts, args.new_tokens, args.repeats)
     print(f"  HF float32 (PyTorch): {speed['hf_fp32']['tokens_per_s']:.1f} tokens/s")
     for t, path in ggufs.items():
         if not path.is_file():
             continue
-        speed[t] = _median_over_prompts(
-            [gguf_tokens_per_s(path, p, args.new_tokens, args.repeats) for p in prompts]
-        )
+        speed[t] = gguf_tokens_per_s(path, prompts, args.new_tokens, args.repeats)
         print(f"  GGUF {t.upper()} (llama.cpp): {speed[t]['tokens_per_s']:.1f} tokens/s")
 
     print(f"quality: {len(records)} test records, token F1")

@@ -68,15 +68,16 @@ def measure_speed(
 
     out: dict[str, Any] = {"prompt_tokens": len(prompt_ids), "new_tokens": new_tokens}
     rows: dict[str, Any] = {}
+    prompts = [prompt_ids]
     base = load_model(source, "float32")
-    rows["base"] = hf_tokens_per_s(base, prompt_ids, new_tokens)
-    rows["adapter"] = hf_tokens_per_s(with_adapter(base, run / "adapter"), prompt_ids, new_tokens)
+    rows["base"] = hf_tokens_per_s(base, prompts, new_tokens)
+    rows["adapter"] = hf_tokens_per_s(with_adapter(base, run / "adapter"), prompts, new_tokens)
     del base
     merged = AutoModelForCausalLM.from_pretrained(run / "merged", dtype="float32")
-    rows["merged"] = hf_tokens_per_s(merged, prompt_ids, new_tokens)
+    rows["merged"] = hf_tokens_per_s(merged, prompts, new_tokens)
     del merged
     for kind, path in gguf_files.items():
-        rows[f"gguf-{kind}"] = gguf_tokens_per_s(path, prompt_ids, new_tokens)
+        rows[f"gguf-{kind}"] = gguf_tokens_per_s(path, prompts, new_tokens)
     for name, r in rows.items():
         log.info("speed %s: %.1f tokens/s (%s)", name, r["tokens_per_s"], r["engine"])
     out["artifacts"] = rows

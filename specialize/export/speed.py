@@ -1,12 +1,13 @@
 """CPU generation speed of each artifact: the HF model in PyTorch and each GGUF in llama.cpp.
 
-Both engines get the same prompt ids and produce exactly ``new_tokens`` tokens greedily, one
-sequence at a time (the edge case: one user, one device). End-of-turn is not allowed to end
-the run early (HF: ``min_new_tokens``; llama.cpp: the token loop ignores it), so every
-measurement covers the same amount of work. A warm-up run comes first (allocations, thread
-pools, the KV cache); the figure is the median over ``repeats`` timed runs of
-``new_tokens / wall seconds`` and so includes the prompt's prefill, which for a short prompt
-is a small share. Timings on a shared CPU are noisy: compare figures from one process.
+Both engines get the same prompts (token ids) and produce exactly ``new_tokens`` tokens
+greedily after each, one sequence at a time (the edge case: one user, one device).
+End-of-turn is not allowed to end the run early (HF: ``min_new_tokens``; llama.cpp: the token
+loop ignores it), so every measurement covers the same amount of work. A warm-up run comes
+first (allocations, thread pools, the KV cache); the figure is ``new_tokens`` over the median
+wall time of ``repeats`` timed runs per prompt, and so includes the prompt's prefill, which
+for a short prompt is a small share. Timings on a shared CPU are noisy: compare figures from
+one process.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +39,25 @@ def _summary(times: list[float], new_tokens: int, engine: str, **extra: Any) -> 
     }
 
 
+def _timed(once: Any, prompts: Sequence[list[int]], new_tokens: int, repeats: int) -> list[float]:
+    once(prompts[0], min(8, new_tokens))  # warm-up
+    return [once(p, new_tokens) for p in prompts for _ in range(repeats)]
+
+
 def hf_tokens_per_s(
-    model: Any, prompt_ids: list[int], new_tokens: int = 64, repeats: int = 3
+    model: Any, prompts: Sequence[list[int]], new_tokens: int = 64, repeats: int = 3
 ) -> dict[str, Any]:
     """Greedy tokens/s of a Hugging Face causal LM in its current dtype, batch 1."""
     import torch
 
     model.eval()
-    ids = torch.tensor([prompt_ids])
-    mask = torch.ones_like(ids)
     pad = getattr(model.generation_config, "pad_token_id", None)
     if pad is None:
         pad = 0
 
-    def once(n: int) -> float:
+    def once(prompt: list[int], n: int) -> float:
+        ids = torch.tensor([prompt])
+        mask = torch.ones_like(ids)
         t0 = time.perf_counter()
         with torch.no_grad():
             out = model.generate(
@@ -67,15 +74,14 @@ def hf_tokens_per_s(
             raise RuntimeError(f"HF generated {got} tokens, expected {n}")
         return elapsed
 
-    once(min(8, new_tokens))
-    times = [once(new_tokens) for _ in range(repeats)]
+    times = _timed(once, prompts, new_tokens, repeats)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     return _summary(times, new_tokens, "transformers", dtype=dtype, threads=torch.get_num_threads())
 
 
 def gguf_tokens_per_s(
     gguf_path: str | Path,
-    prompt_ids: list[int],
+    prompts: Sequence[list[int]],
     new_tokens: int = 64,
     repeats: int = 3,
     n_threads: int | None = None,
@@ -84,20 +90,20 @@ def gguf_tokens_per_s(
     from specialize.export.gguf import open_llama
 
     threads = n_threads or cpu_threads()
-    llm = open_llama(gguf_path, n_ctx=len(prompt_ids) + new_tokens + 8, n_threads=threads)
+    n_ctx = max(len(p) for p in prompts) + new_tokens + 8
+    llm = open_llama(gguf_path, n_ctx=n_ctx, n_threads=threads)
 
-    def once(n: int) -> float:
+    def once(prompt: list[int], n: int) -> float:
         llm.reset()
         got = 0
         t0 = time.perf_counter()
         # Llama.generate yields sampled tokens without stopping at end-of-turn (stopping is
         # create_completion's job), so exactly n tokens are produced.
-        for _ in llm.generate(prompt_ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+        for _ in llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
             got += 1
             if got == n:
                 break
         return time.perf_counter() - t0
 
-    once(min(8, new_tokens))
-    times = [once(new_tokens) for _ in range(repeats)]
+    times = _timed(once, prompts, new_tokens, repeats)
     return _summary(times, new_tokens, "llama.cpp", file=Path(gguf_path).name, threads=threads)
