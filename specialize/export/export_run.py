@@ -49,7 +49,7 @@ def weight_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
 
 
-def _merged(run: Path) -> Path:
+def _merged(run: Path, meta: dict[str, Any]) -> Path:
     merged = run / "merged"
     if (merged / "config.json").is_file():
         return merged
@@ -57,7 +57,11 @@ def _merged(run: Path) -> Path:
     from specialize.export.merge import merge_and_save
     from specialize.models.load import load_model, load_tokenizer, resolve
 
-    meta = read_json(run / "adapter" / "specialize.json")
+    if "base_model" not in meta:
+        raise SpecializeError(
+            "no merged/ folder, and adapter/specialize.json names no base model to merge into",
+            path=run,
+        )
     source = resolve(meta["base_model"])
     tuned = with_adapter(load_model(source, "float32"), run / "adapter")
     merge_and_save(tuned, load_tokenizer(source), merged, "float32")  # GGUF converts from it
@@ -77,7 +81,9 @@ def export_run(
 
     if not (run / "adapter" / "adapter_config.json").is_file():
         raise SpecializeError("not a run with an adapter (adapter/adapter_config.json)", path=run)
-    merged = _merged(run)
+    meta_path = run / "adapter" / "specialize.json"
+    meta = read_json(meta_path) if meta_path.is_file() else {}
+    merged = _merged(run, meta)
     out = run / "gguf"
     name = name or run.name
     files: dict[str, dict[str, Any]] = {}
@@ -89,8 +95,6 @@ def export_run(
         path = out / f"{name}-{t}.gguf"
         log.info("GGUF: quantizing to %s", t.upper())
         files[t] = g.quantize(f16, path, t)
-    meta_path = run / "adapter" / "specialize.json"
-    meta = read_json(meta_path) if meta_path.is_file() else {}
     base_files = Path(str(meta.get("base_files", "")))
     sizes: dict[str, Any] = {}
     if base_files.exists():
@@ -105,7 +109,8 @@ def export_run(
     write_json(run / "export" / "sizes.json", sizes)
     report: dict[str, Any] = {"files": {t: str(Path(f["path"]).name) for t, f in files.items()}}
     if checks:
-        report["checks"] = _checks(run, merged, files, n_check)
+        fmt = meta.get("chat_format", "chatml")
+        report["checks"] = _checks(run, merged, files, n_check, fmt)
         write_json(run / "export" / "gguf_checks.json", report)
         failed = [t for t, c in report["checks"].items() if not c.get("passed", True)]
         if failed:
@@ -116,7 +121,7 @@ def export_run(
     return report
 
 
-def _checks(run: Path, merged: Path, files: dict[str, Any], n: int) -> dict[str, Any]:
+def _checks(run: Path, merged: Path, files: dict[str, Any], n: int, fmt: str) -> dict[str, Any]:
     """Template and stop check on the F16 file; logits on up to ``LOGIT_TEXTS`` held-out
     conversations and greedy answers on ``n`` prompts for every file. A CPT run has documents,
     not conversations: logits on their first ``DOC_TOKENS`` tokens, greedy continuations of
@@ -134,8 +139,6 @@ def _checks(run: Path, merged: Path, files: dict[str, Any], n: int) -> dict[str,
     records = read_jsonl(split)[: max(n, LOGIT_TEXTS)] if split.is_file() else []
     if not records:
         raise SpecializeError("the run saved no test records to check the GGUF on", path=run)
-    meta = run / "adapter" / "specialize.json"
-    fmt = read_json(meta).get("chat_format", "chatml") if meta.is_file() else "chatml"
     out: dict[str, Any] = {}
     if "messages" in records[0]:
         prompts: list[Any] = [r["messages"][:-1] for r in records[:n]]
