@@ -347,7 +347,10 @@ def run_eval(req: EvalRequest) -> Path:
         notes += [f"Records left out per condition (reason: count): {skipped}", ""]
         if quantized and "tuned" in preds:
             # The triage seed's table: what quantization cost under each condition.
-            per_cond = quantization_by_condition(cond_preds, quantized, plan.bootstrap, plan.seed)
+            cond_metrics = {c: a["metrics"] for c, a in ablation.items()}
+            per_cond = quantization_by_condition(
+                cond_preds, cond_metrics, quantized, plan.bootstrap, plan.seed
+            )
             extra["ablations_vs_tuned"] = per_cond
             notes += ["### Exported GGUFs against the tuned model, per condition", ""]
             notes += condition_delta_table(per_cond) + [""]
@@ -361,14 +364,16 @@ QUANT_METRICS = ("accuracy", "f1", "exact_match", "bertscore_f1")
 
 def quantization_by_condition(
     cond_preds: dict[str, dict[str, list[dict[str, Any]]]],
+    cond_metrics: dict[str, dict[str, dict[str, Any]]],
     quantized: list[str],
     samples: int,
     seed: int,
 ) -> dict[str, dict[str, Any]]:
     """Per ablation condition: each GGUF against the tuned model on that condition's records
     (paired bootstrap CIs), as ``{condition: {variant: {metric: {value, tuned, delta, ci}}}}``.
+    ``cond_metrics`` are the metrics already computed per condition and variant.
     """
-    from specialize.evaluate.evaluation import compare_variants, summarize
+    from specialize.evaluate.evaluation import compare_variants
 
     out: dict[str, dict[str, Any]] = {}
     for cname, by_variant in cond_preds.items():
@@ -376,10 +381,10 @@ def quantization_by_condition(
         if "tuned" not in by_variant or not present:
             continue
         comp = compare_variants({n: by_variant[n] for n in ["tuned", *present]}, [], samples, seed)
-        tuned = summarize(by_variant["tuned"], "tuned")
+        tuned = cond_metrics[cname]["tuned"]
         row: dict[str, Any] = {"n": comp["n"]}
         for q in present:
-            mine = summarize(by_variant[q], q)
+            mine = cond_metrics[cname][q]
             row[q] = {
                 m: {"tuned": tuned[m], "value": mine[m], **comp["vs_reference"][q][m]}
                 for m in QUANT_METRICS
