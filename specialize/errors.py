@@ -29,8 +29,20 @@ class SpecializeError(Exception):
     def one_line(self) -> str:
         where = ""
         if self.path:
-            where = self.path + (f":{self.line}" if self.line is not None else "")
+            where = _printable(self.path) + (f":{self.line}" if self.line is not None else "")
         if self.field:
-            where = f"{where} field '{self.field}'" if where else f"field '{self.field}'"
-        text = " ".join(self.message.split())  # never more than one line
+            field = _printable(self.field)
+            where = f"{where} field '{field}'" if where else f"field '{field}'"
+        text = _printable(" ".join(self.message.split()))  # never more than one line
         return f"{where}: {text}" if where else text
+
+
+def _printable(text: str) -> str:
+    """``text`` with every character a terminal cannot show (control characters, NUL, lone
+    surrogates from broken input, zero-width marks) written as a Python escape such as
+    ``\\x00`` or ``\\ud800``, so the message can always be printed and is never split."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )

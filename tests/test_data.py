@@ -165,3 +165,178 @@ def test_leakage_finds_exact_and_near_duplicates_but_not_paraphrases():
     leaks = find_leaks(splits, 0.8)
     kinds = {(x.a_id, x.b_id): x.kind for x in leaks}
     assert kinds == {("t1", "x1"): "exact", ("t2", "x2"): "near"}
+
+
+# ------------------------------------------------------------- inputs that used to break readers
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+GOOD_ROW = json.dumps({"messages": conversation()})
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        # each of these raised a traceback before (UnicodeDecodeError, RecursionError, ValueError)
+        (bytes(range(256)), r"a\.jsonl:1: NUL byte at byte 1 of the line"),
+        (
+            GOOD_ROW.encode() + b'\n{"id": "caf\xe9"}\n',
+            r"a\.jsonl:2: not valid UTF-8 at byte 12 of the line \(0xe9\)",
+        ),
+        (b"[" * 100_000 + b"]" * 100_000 + b"\n", r"a\.jsonl:1: not valid JSON \(nested deeper"),
+        (
+            b'{"messages": ' + b"[" * 200 + b"]" * 200 + b"}\n",
+            r"a\.jsonl:1 field 'messages(\[0\])+",
+        ),
+        (b'{"n": ' + b"9" * 5000 + b"}\n", r"a\.jsonl:1: not valid JSON \(an integer with 5,000"),
+        (b'{"n": -Infinity}\n', r"a\.jsonl:1: not valid JSON \(-Infinity is not a JSON number\)"),
+        (GOOD_ROW.replace("Low", "\\udc00").encode() + b"\n", r"'messages\[2\]\.content': lone su"),
+        ("\ufeff{}".encode("utf-16"), r"a\.jsonl:1: the file is UTF-16"),
+        (b"[1, 2]\n", r"a\.jsonl:1: a record must be a JSON object, got a list"),
+        (b'"text"\n', r"a record must be a JSON object, got the string 'text'"),
+        (b"{oops\n", r"a\.jsonl:1: not valid JSON \(Expecting property name .* at column 2\)"),
+    ],
+)
+def test_jsonl_that_used_to_raise_tracebacks(tmp_path, data, match):
+    with pytest.raises(SpecializeError, match=match):
+        read_records(write_bytes(tmp_path / "a.jsonl", data))
+
+
+def test_jsonl_bom_crlf_and_nan(tmp_path):
+    rows = [{"id": "a", "messages": conversation()}, {"id": "b", "messages": conversation("q2")}]
+    text = "\r\n".join(json.dumps(r) for r in rows).replace('"id": "b"', '"id": "b", "w": NaN')
+    recs, _ = read_records(write_bytes(tmp_path / "a.jsonl", b"\xef\xbb\xbf" + text.encode()))
+    assert [r["id"] for r in recs] == ["a", "b"] and recs[1]["w"] is None
+
+
+def test_openai_content_parts_are_joined(tmp_path):
+    msgs = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Part one."}, {"type": "text", "text": "Two?"}],
+        },
+        {"role": "assistant", "content": [{"type": "text", "text": "Yes."}]},
+    ]
+    recs, _ = read_records(jsonl(tmp_path / "a.jsonl", [{"messages": msgs}]))
+    assert recs[0]["messages"] == [
+        {"role": "user", "content": "Part one.\nTwo?"},
+        {"role": "assistant", "content": "Yes."},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (
+            [{"type": "image_url", "image_url": {"url": "x.png"}}],
+            r"a\.jsonl:1 field 'messages\[1\]\.content\[0\]\.type': only text content parts can "
+            r"be trained on, got type 'image_url'",
+        ),
+        ([{"type": "text", "text": 3}], r"field 'messages\[1\]\.content\[0\]\.text': a text part"),
+        (["plain"], r"field 'messages\[1\]\.content\[0\]': a content part must be an object"),
+        (None, r"field 'messages\[1\]\.content': content must be a string or a list of text parts"),
+    ],
+)
+def test_non_text_content_parts_name_the_field(tmp_path, content, match):
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    msgs[1]["content"] = content
+    with pytest.raises(SpecializeError, match=match):
+        read_records(jsonl(tmp_path / "a.jsonl", [{"messages": msgs}]))
+
+
+def test_huge_line_is_refused_not_read_forever(tmp_path, monkeypatch):
+    import specialize.io
+
+    monkeypatch.setattr(specialize.io, "MAX_LINE_CHARS", 1000)
+    p = write_bytes(tmp_path / "a.jsonl", GOOD_ROW.encode() + b"\n" + b"x" * 5000)
+    with pytest.raises(SpecializeError, match=r"a\.jsonl:2: line is longer than 1,000 characters"):
+        read_records(p)
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (b"prompt,response\na,b,c\n", r"m\.csv:2: row has 3 fields, the header \(line 1\) has 2"),
+        (b"prompt,response\nonly\n", r"m\.csv:2: row has 1 field, the header \(line 1\) has 2"),
+        (b"prompt,response\na\x00b,c\n", r"m\.csv:2: NUL byte at byte 2 of the line"),
+        (b"prompt,response\n\xff,c\n", r"m\.csv:2: not valid UTF-8 at byte 1 of the line \(0xff\)"),
+        (b"prompt,prompt,response\na,b,c\n", r"m\.csv:1: column 'prompt' appears twice"),
+        (b"\n\n", r"m\.csv:1: CSV file has no header row"),
+    ],
+)
+def test_bad_csv_names_the_line(tmp_path, data, match):
+    with pytest.raises(SpecializeError, match=match):
+        read_records(write_bytes(tmp_path / "m.csv", data))
+
+
+def test_csv_bom_crlf_and_long_fields(tmp_path):
+    long = "x" * 300_000  # beyond the csv module's default 128 KiB field limit
+    data = f'\ufeffprompt,response\r\n"two\r\nlines",{long}\r\nq,a\r\n'.encode()
+    recs, _ = read_records(write_bytes(tmp_path / "m.csv", data))
+    assert recs[0]["messages"][0]["content"] == "two\r\nlines"
+    assert recs[0]["messages"][1]["content"] == long and recs[1]["id"] == "m-4"
+
+
+def test_corrupt_and_truncated_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"prompt": ["a?"], "response": ["A"]}), good)
+    data = good.read_bytes()
+    for name, bad in [("t", data[: len(data) // 2]), ("e", b""), ("g", b"PAR1" + b"\x00" * 64)]:
+        with pytest.raises(SpecializeError, match=rf"{name}\.parquet: unreadable Parquet file"):
+            read_records(write_bytes(tmp_path / f"{name}.parquet", bad))
+
+
+def test_parquet_columns_of_other_types_become_plain_json(tmp_path):
+    import datetime as dt
+    from decimal import Decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = tmp_path / "d.parquet"
+    table = {
+        "prompt": pa.array([b"bytes?", b"q2"]),
+        "response": pa.array([42, 7]),
+        "when": pa.array([dt.datetime(2024, 1, 2, 3, 4), None]),
+        "price": pa.array([Decimal("1.50"), Decimal("2.25")]),
+        "score": pa.array([float("nan"), 0.5]),
+        "tags": pa.array([["a"], []]),
+    }
+    pq.write_table(pa.table(table), p)
+    recs, _ = read_records(p)
+    assert recs[0]["messages"][-2:] == [
+        {"role": "user", "content": "bytes?"},
+        {"role": "assistant", "content": "42"},
+    ]
+    assert recs[0]["when"] == "2024-01-02T03:04:00" and recs[0]["price"] == 1.5
+    assert recs[0]["score"] is None and recs[0]["tags"] == ["a"]
+    json.dumps(recs, allow_nan=False)
+    pq.write_table(pa.table({"prompt": [["a", "list"]], "response": ["r"]}), p)
+    with pytest.raises(
+        SpecializeError, match=r"d\.parquet:1 field 'prompt': expected text, got a list"
+    ):
+        read_records(p)
+    pq.write_table(pa.table({"prompt": pa.array([b"\xff"]), "response": ["r"]}), p)
+    with pytest.raises(SpecializeError, match=r"d\.parquet:1 field 'prompt': binary value that"):
+        read_records(p)
+
+
+def test_error_messages_are_printable_one_liners(tmp_path):
+    # A role holding a NUL escape and a newline: the message shows escapes, never the raw bytes.
+    row = {
+        "messages": [
+            {"role": "us\u0000er\nx", "content": "q"},
+            {"role": "assistant", "content": "a"},
+        ]
+    }
+    with pytest.raises(SpecializeError) as e:
+        read_records(jsonl(tmp_path / "a.jsonl", [row]))
+    msg = str(e.value)
+    assert msg.isprintable() and "unknown role 'us\\x00er x'" in msg

@@ -6,18 +6,29 @@ prompt/response tables in JSONL, CSV or Parquet with a column mapping (as in the
 ``problem,solution`` CSV). Table rows with an empty prompt or response are counted and removed;
 a chat record that is malformed is an error, since it means the file is not what the user
 thinks it is.
+
+No input breaks a reader: any bytes give records or one :class:`SpecializeError` naming file,
+line and field (tests/test_readers_fuzz.py proves it with hypothesis). Accepted on the way in:
+a UTF-8 byte-order mark, CRLF line ends, OpenAI-style content-part lists (text parts joined
+with a newline), ``NaN`` in JSONL (read as null, as pandas writes missing values), Parquet
+columns of any type (binary as UTF-8 text, dates as ISO strings, NaN as null).
 """
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
+import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from specialize.errors import SpecializeError
+from specialize.io import MAX_LINE_CHARS, read_text, text_lines
 
 ROLES = ("system", "user", "assistant")
 SUFFIXES = (".jsonl", ".csv", ".parquet")
@@ -87,11 +98,10 @@ def read_records(
                     stats.removed_empty += 1
                     stats.removed_rows.append(f"{file.name}:{line}")
                     continue
-            rec.setdefault("id", f"{file.stem}-{line}")
-            rec["id"] = str(rec["id"])
+            rec["id"] = _record_id(rec.get("id"), f"{file.stem}-{line}", where, "id")
             if rec["id"] in seen:
                 raise SpecializeError(
-                    f"duplicate id '{rec['id']}' (first at {seen[rec['id']]})",
+                    f"duplicate id {_short(rec['id'])} (first at {seen[rec['id']]})",
                     path=file,
                     line=line,
                     field="id",
@@ -104,38 +114,186 @@ def read_records(
     return records, stats
 
 
-def _rows(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    if file.suffix == ".jsonl":
-        with file.open(encoding="utf-8") as f:
-            for n, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    row = json.loads(raw)
-                except json.JSONDecodeError as e:
-                    raise SpecializeError(f"not valid JSON ({e.msg})", path=file, line=n) from None
-                if not isinstance(row, dict):
-                    raise SpecializeError("a record must be a JSON object", path=file, line=n)
-                yield n, row
-    elif file.suffix == ".csv":
-        with file.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames:
-                raise SpecializeError("CSV file has no header row", path=file, line=1)
-            start = reader.line_num
-            for row in reader:
-                # line_num counts physical lines read so far (quoted fields may span lines).
-                yield start + 1, dict(row)
-                start = reader.line_num
-    elif file.suffix == ".parquet":
-        import pyarrow.parquet as pq
+MAX_JSON_DEPTH = 100
+"""Deepest nesting of arrays and objects a JSONL record may have."""
 
+
+def _rows(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line, row)`` of a data file; a Parquet file's "line" is its 1-based row number."""
+    if file.suffix == ".jsonl":
+        for n, text in text_lines(file):
+            if text.strip():
+                yield n, _json_object(text, file, n)
+    elif file.suffix == ".csv":
+        yield from _csv_rows(file)
+    elif file.suffix == ".parquet":
+        yield from _parquet_rows(file)
+
+
+class _BadNumber(ValueError):
+    pass
+
+
+def _parse_int(s: str) -> int:
+    if len(s.lstrip("-")) > 1000:
+        raise _BadNumber(f"an integer with {len(s.lstrip('-')):,} digits")
+    return int(s)
+
+
+def _parse_float(s: str) -> float:
+    value = float(s)
+    if math.isinf(value):
+        raise _BadNumber(f"the number {_short(s, 30, quote=False)} is out of range")
+    return value
+
+
+def _parse_constant(s: str) -> None:
+    if s == "NaN":
+        return None  # Python's json writes NaN for a missing float; pandas writes null
+    raise _BadNumber(f"{s} is not a JSON number")
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _json_object(text: str, file: Path, n: int) -> dict[str, Any]:
+    """One JSONL line as a dict, or a SpecializeError naming the line (and field, if known)."""
+    try:
+        row = json.loads(
+            text,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=_parse_constant,
+        )
+    except json.JSONDecodeError as e:
+        raise SpecializeError(
+            f"not valid JSON ({e.msg} at column {e.colno})", path=file, line=n
+        ) from None
+    except _BadNumber as e:
+        raise SpecializeError(f"not valid JSON ({e})", path=file, line=n) from None
+    except RecursionError:
+        raise SpecializeError(
+            f"not valid JSON (nested deeper than {MAX_JSON_DEPTH} levels)", path=file, line=n
+        ) from None
+    if not isinstance(row, dict):
+        raise SpecializeError(
+            f"a record must be a JSON object, got {_kind(row)}", path=file, line=n
+        )
+    # Strict UTF-8 text has no surrogates, so only \\uD800-style escapes can put them in a
+    # string; deep nesting needs many brackets. Walk the record only when either is possible.
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH or _SURROGATE_ESCAPE.search(text):
+        _check_json_tree(row, file, n)
+    return row
+
+
+def _check_json_tree(row: dict[str, Any], file: Path, n: int) -> None:
+    """Reject nesting deeper than MAX_JSON_DEPTH and lone surrogates (not Unicode text)."""
+    stack: list[tuple[Any, str, int]] = [(row, "", 1)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, str):
+            _no_surrogate(value, file, n, where)
+            continue
+        if not isinstance(value, dict | list):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise SpecializeError(
+                f"nested deeper than {MAX_JSON_DEPTH} levels", path=file, line=n, field=where
+            )
+        if isinstance(value, dict):
+            for k, v in value.items():
+                _no_surrogate(k, file, n, where or None)
+                stack.append((v, f"{where}.{k}" if where else k, depth + 1))
+        else:
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
+
+
+def _no_surrogate(text: str, file: Path, n: int, where: str | None) -> None:
+    bad = next((c for c in text if "\ud800" <= c <= "\udfff"), None)
+    if bad is not None:
+        raise SpecializeError(
+            f"lone surrogate \\u{ord(bad):04x} in a string: not valid Unicode (a broken "
+            "\\u escape?)",
+            path=file,
+            line=n,
+            field=where or None,
+        )
+
+
+def _csv_rows(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    # The csv module's own limit (128 KiB) is below a long document; lines are capped anyway.
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE_CHARS))
+    reader = csv.reader(line for _, line in text_lines(file))
+    try:
+        header = next(reader, None)
+        while header is not None and not any(h.strip() for h in header):
+            header = next(reader, None)  # blank lines before the header
+        if header is None:
+            raise SpecializeError("CSV file has no header row", path=file, line=1)
+        header_line = reader.line_num
+        dupes = sorted({h for h in header if header.count(h) > 1})
+        if dupes:
+            raise SpecializeError(
+                f"column {_short(dupes[0])} appears twice in the header",
+                path=file,
+                line=header_line,
+            )
+        start = reader.line_num
+        for cells in reader:
+            # line_num counts physical lines read so far (quoted fields may span lines).
+            line, start = start + 1, reader.line_num
+            if not cells:
+                continue  # a blank line
+            if len(cells) != len(header):
+                raise SpecializeError(
+                    f"row has {len(cells)} field{'s' * (len(cells) != 1)}, the header "
+                    f"(line {header_line}) has {len(header)} (a quote or comma out of place?)",
+                    path=file,
+                    line=line,
+                )
+            yield line, dict(zip(header, cells, strict=True))
+    except csv.Error as e:
+        raise SpecializeError(f"malformed CSV ({e})", path=file, line=reader.line_num) from None
+
+
+def _parquet_rows(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(file).to_pylist()
+    except Exception as e:  # pyarrow raises many types (OSError, ArrowInvalid, ...) for a bad file
+        msg = re.sub(r"^Could not open Parquet input source '.*?': ", "", str(e))
+        raise SpecializeError(f"unreadable Parquet file ({msg})", path=file) from None
+    for n, row in enumerate(rows, 1):
+        yield n, {str(k): _plain(v, file, n, str(k)) for k, v in row.items()}
+
+
+def _plain(value: Any, file: Path, n: int, where: str) -> Any:
+    """A Parquet cell as plain JSON data (what the rest of the pipeline writes and reads)."""
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None  # NaN: a missing value
+    if isinstance(value, bytes):
         try:
-            table = pq.read_table(file)
-        except Exception as e:  # pyarrow raises several types for a bad file
-            raise SpecializeError(f"unreadable Parquet file ({e})", path=file) from None
-        for n, row in enumerate(table.to_pylist(), 1):
-            yield n, row  # "line" of a Parquet file is its 1-based row number
+            return value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SpecializeError(
+                f"binary value that is not UTF-8 text (byte {e.start + 1})",
+                path=file,
+                line=n,
+                field=where,
+            ) from None
+    if isinstance(value, dict):
+        return {str(k): _plain(v, file, n, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        # A Parquet map column comes as a list of (key, value) tuples.
+        return [_plain(v, file, n, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value) if value.is_finite() else None
+    return str(value)  # timedelta and anything newer: its text
 
 
 def _chat_record(row: dict[str, Any], where: tuple[Path, int]) -> Record:
@@ -143,33 +301,40 @@ def _chat_record(row: dict[str, Any], where: tuple[Path, int]) -> Record:
     msgs = row.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise SpecializeError(
-            "'messages' must be a non-empty list", path=file, line=line, field="messages"
+            f"'messages' must be a non-empty list, got {_kind(msgs)}",
+            path=file,
+            line=line,
+            field="messages",
         )
     clean = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            got = "" if isinstance(m, dict) else f", got {_kind(m)}"
             raise SpecializeError(
-                "each message needs 'role' and 'content'",
+                f"each message needs 'role' and 'content'{got}",
                 path=file,
                 line=line,
                 field=f"messages[{i}]",
             )
-        if m["role"] not in ROLES:
+        role = m["role"]
+        if not isinstance(role, str) or role not in ROLES:
+            what = (
+                f"unknown role {_short(role)}"
+                if isinstance(role, str)
+                else f"role must be a string, got {_kind(role)}"
+            )
             raise SpecializeError(
-                f"unknown role '{m['role']}' (roles: {', '.join(ROLES)})",
+                f"{what} (roles: {', '.join(ROLES)})",
                 path=file,
                 line=line,
                 field=f"messages[{i}].role",
             )
-        if not isinstance(m["content"], str):
-            raise SpecializeError(
-                "content must be a string", path=file, line=line, field=f"messages[{i}].content"
-            )
-        if m["role"] == "assistant" and not m["content"].strip():
+        content = _content(m["content"], file, line, f"messages[{i}].content")
+        if role == "assistant" and not content.strip():
             raise SpecializeError(
                 "empty assistant message", path=file, line=line, field=f"messages[{i}].content"
             )
-        clean.append({"role": m["role"], "content": m["content"]})
+        clean.append({"role": role, "content": content})
     if not any(m["role"] == "assistant" for m in clean):
         raise SpecializeError(
             "record has no assistant turn", path=file, line=line, field="messages"
@@ -186,6 +351,46 @@ def _chat_record(row: dict[str, Any], where: tuple[Path, int]) -> Record:
     return rec
 
 
+def _content(content: Any, file: Path, line: int, where: str) -> str:
+    """A message's text: a string, or OpenAI-style parts ``[{"type": "text", "text": ...}]``
+    whose text parts are joined with a newline (as vLLM does); other parts are an error."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise SpecializeError(
+            f"content must be a string or a list of text parts, got {_kind(content)}",
+            path=file,
+            line=line,
+            field=where,
+        )
+    texts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise SpecializeError(
+                'a content part must be an object like {"type": "text", "text": ...}, '
+                f"got {_kind(part)}",
+                path=file,
+                line=line,
+                field=f"{where}[{j}]",
+            )
+        if part.get("type") != "text":
+            raise SpecializeError(
+                f"only text content parts can be trained on, got type {_short(part.get('type'))}",
+                path=file,
+                line=line,
+                field=f"{where}[{j}].type",
+            )
+        if not isinstance(part.get("text"), str):
+            raise SpecializeError(
+                f"a text part needs a string 'text', got {_kind(part.get('text'))}",
+                path=file,
+                line=line,
+                field=f"{where}[{j}].text",
+            )
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
 def _table_record(
     row: dict[str, Any],
     where: tuple[Path, int],
@@ -197,17 +402,16 @@ def _table_record(
     for col, name in ((p_col, "prompt"), (r_col, "response")):
         if col not in row:
             raise SpecializeError(
-                f"column '{col}' not found (columns: {', '.join(map(str, row))}); "
-                f"set data.columns.{name}",
+                f"column '{col}' not found (columns: {_names(row)}); set data.columns.{name}",
                 path=file,
                 line=line,
                 field=f"data.columns.{name}",
             )
-    prompt, response = _text(row[p_col]), _text(row[r_col])
+    prompt, response = _text(row, p_col, where), _text(row, r_col, where)
     if not prompt.strip() or not response.strip():
         return None
     msgs = []
-    system = _text(row.get(s_col)) if s_col else ""
+    system = _text(row, s_col, where) if s_col else ""
     if system.strip() or system_prompt:
         msgs.append({"role": "system", "content": system if system.strip() else system_prompt})
     msgs += [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
@@ -217,12 +421,64 @@ def _table_record(
     return rec
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
+def _text(row: dict[str, Any], col: str | None, where: tuple[Path, int]) -> str:
+    """The text in ``row[col]``: a string, a number's digits, or "" for missing / NaN."""
+    value = row.get(col) if col is not None else None
+    if value is None or isinstance(value, str):
+        return value or ""
     if isinstance(value, float) and value != value:  # NaN from a table
         return ""
+    if isinstance(value, dict | list):
+        raise SpecializeError(
+            f"expected text, got {_kind(value)}", path=where[0], line=where[1], field=col
+        )
     return str(value)
+
+
+def _record_id(value: Any, default: str, where: tuple[Path, int], name: str) -> str:
+    if value is None or value == "":
+        return default
+    if isinstance(value, dict | list):
+        raise SpecializeError(
+            f"an id must be a string or a number, got {_kind(value)}",
+            path=where[0],
+            line=where[1],
+            field=name,
+        )
+    return str(value)
+
+
+def _kind(value: Any) -> str:
+    """How a JSON value reads in an error: ``a list``, ``the string 'x'``, ``null``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return f"the string {_short(value)}"
+    if isinstance(value, int | float):
+        return f"the number {_short(value, quote=False)}"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an empty list" if not value else "a list"
+    return f"a {type(value).__name__}"
+
+
+def _short(value: Any, limit: int = 60, quote: bool = True) -> str:
+    """``value`` for an error message: quoted and cut to ``limit`` characters."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**limit:
+        text = f"{str(value)[:limit]}..."  # str() of a huge int is slow and capped
+    else:
+        text = str(value)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"'{text}'" if quote else text
+
+
+def _names(row: dict[str, Any], limit: int = 20) -> str:
+    names = [_short(k, quote=False) for k in list(row)[:limit]]
+    return ", ".join(names) + (f", ... ({len(row)} in all)" if len(row) > limit else "")
 
 
 TEXT_SUFFIXES = (".txt", ".md")
@@ -252,7 +508,7 @@ def read_documents(
     for file in files:
         n0 = len(docs)
         if file.suffix in TEXT_SUFFIXES:
-            rows: Any = [(1, {"id": file.stem, "text": file.read_text(encoding="utf-8")})]
+            rows: Any = [(1, {"id": file.stem, "text": read_text(file)})]
             fields = ["text"]
         else:
             rows, fields = _rows(file), text_fields
@@ -260,25 +516,28 @@ def read_documents(
             missing = [f for f in fields if f not in row]
             if missing:
                 raise SpecializeError(
-                    f"no column '{missing[0]}' (columns: {', '.join(map(str, row))}); set "
-                    "data.columns.text",
+                    f"no column '{missing[0]}' (columns: {_names(row)}); set data.columns.text",
                     path=file,
                     line=line,
                     field="data.columns.text",
                 )
-            text = "\n\n".join(_text(row[f]).strip() for f in fields if _text(row[f]).strip())
+            where = (file, line)
+            text = "\n\n".join(t for t in (_text(row, f, where).strip() for f in fields) if t)
             if not text:
                 stats.removed_empty += 1
                 stats.removed_rows.append(f"{file.name}:{line}")
                 continue
-            rid = (
-                str(row[id_field])
-                if id_field and row.get(id_field)
-                else str(row.get("id", f"{file.stem}-{line}"))
-            )
+            default = f"{file.stem}-{line}"
+            if id_field and row.get(id_field) not in (None, ""):
+                rid = _record_id(row[id_field], default, where, id_field)
+            else:
+                rid = _record_id(row.get("id"), default, where, "id")
             if rid in seen:
                 raise SpecializeError(
-                    f"duplicate id '{rid}' (first at {seen[rid]})", path=file, line=line, field="id"
+                    f"duplicate id {_short(rid)} (first at {seen[rid]})",
+                    path=file,
+                    line=line,
+                    field="id",
                 )
             seen[rid] = f"{file.name}:{line}"
             meta = {k: v for k, v in row.items() if k not in fields and k != "id"}
