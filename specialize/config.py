@@ -1,13 +1,18 @@
 """The whole run in one typed config (one YAML file).
 
 Every field has a type, a default and a one-line description; ``specialize config-docs`` prints
-them. Unknown or misspelt keys are rejected with the nearest valid name and the YAML line, and
-options that cannot work together are rejected here, before any model is loaded.
+them. Unknown or misspelt keys are rejected with the nearest valid name and the YAML line (names
+people bring from Axolotl, TRL, LLaMA-Factory or transformers' TrainingArguments are mapped to
+ours by a table), a value of the wrong shape says what shape is expected, and options that
+cannot work together are rejected here, before any model is loaded. No bytes in a config file
+give anything but a config or one :class:`SpecializeError` line.
 """
 
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from specialize.errors import SpecializeError
 from specialize.evaluate.ablations import AblationConfig
+from specialize.io import read_text
 
 SplitName = Literal["train", "validation", "test"]
 
@@ -23,7 +29,8 @@ SplitName = Literal["train", "validation", "test"]
 class Section(BaseModel):
     """Base for config sections: unknown keys are errors, every field is documented."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: '.nan' or '.inf' in a YAML config is a mistake, never a setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -387,86 +394,552 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     path = Path(path)
     if not path.is_file():
         raise SpecializeError("config file not found", path=path)
-    text = path.read_text(encoding="utf-8")
-    try:
-        node = yaml.compose(text)
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(e, "problem", None) or str(e)
-        raise SpecializeError(f"malformed YAML: {problem}", path=path, line=line) from None
+    node, raw = _load_yaml(read_text(path), path)
     if not isinstance(raw, dict):
         raise SpecializeError("a config must be a YAML mapping of sections", path=path, line=1)
-    _no_duplicate_keys(node, path)
+    _check_keys(node, path)
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as e:
         raise _one_line(e, path, node) from None
+    except RecursionError:  # a value that contains itself through YAML aliases
+        raise SpecializeError("a value contains itself (YAML alias cycle)", path=path) from None
     cfg._base_dir = path.resolve().parent
     return cfg
 
 
-def _no_duplicate_keys(node: yaml.Node | None, path: Path, prefix: str = "") -> None:
-    """PyYAML keeps the last of two equal keys; a config that says a thing twice is an error."""
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for k, v in node.value:
-            key = str(k.value)
-            line = k.start_mark.line + 1
-            if key in seen:
-                raise SpecializeError(
-                    f"duplicate key (first on line {seen[key]})",
-                    path=path,
-                    line=line,
-                    field=prefix + key,
-                )
-            seen[key] = line
-            _no_duplicate_keys(v, path, f"{prefix}{key}.")
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            _no_duplicate_keys(v, path, f"{prefix[:-1]}[{i}].")
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose value errors (a 5000-digit integer, the date 2024-13-45) become YAML
+    errors with the value's line, instead of a bare ValueError."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as e:
+            why = "too many digits" if "digits" in str(e) else str(e)
+            value = str(node.value)[:40] if isinstance(node, yaml.ScalarNode) else node.tag
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read the value '{value}' ({why})", node.start_mark
+            ) from None
+
+
+def _load_yaml(text: str, path: Path) -> tuple[yaml.Node | None, Any]:
+    """The composed node tree (for line numbers) and the Python data of one YAML document."""
+    loader = None
+    try:
+        loader = _Loader(text)  # checks every character is printable: may raise already
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        raise SpecializeError(
+            f"malformed YAML: unacceptable character #x{e.character:04x} (not printable)"
+            if isinstance(e.character, int)
+            else f"malformed YAML: {e.reason}",
+            path=path,
+            line=line,
+        ) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(e, "problem", None) or str(e)
+        context = getattr(e, "context", None)  # e.g. "while parsing a flow mapping"
+        if context:
+            problem = f"{context}: {problem.removeprefix('but ')}"
+        raise SpecializeError(f"malformed YAML: {problem}", path=path, line=line) from None
+    except RecursionError:
+        raise SpecializeError("malformed YAML: nested too deeply", path=path) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_YAML_KINDS = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "a boolean",
+    "null": "null",
+    "timestamp": "a date",
+}
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _check_keys(node: yaml.Node | None, path: Path) -> None:
+    """Keys are names (not numbers, booleans or null) and none is given twice (PyYAML would
+    keep the last). Each node is visited once, so aliases cannot make this slow or loop."""
+    seen_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node | None, str]] = [(node, "")]
+    while stack:
+        node, prefix = stack.pop()
+        if node is None or id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for k, v in node.value:
+                line = k.start_mark.line + 1
+                if k.tag == _MERGE_TAG:
+                    stack.append((v, prefix))
+                    continue
+                key = str(k.value)
+                if k.tag != _STR_TAG:
+                    kind = k.tag.rsplit(":", 1)[-1]
+                    kind = _YAML_KINDS.get(kind, f"a {kind}")
+                    raise SpecializeError(
+                        f"a key must be a name, but YAML reads '{key}' as {kind}; quote it",
+                        path=path,
+                        line=line,
+                        field=prefix + key,
+                    )
+                if key in seen:
+                    raise SpecializeError(
+                        f"duplicate key (first on line {seen[key]})",
+                        path=path,
+                        line=line,
+                        field=prefix + key,
+                    )
+                seen[key] = line
+                stack.append((v, f"{prefix}{key}."))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                stack.append((v, f"{prefix[:-1]}[{i}]."))
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     cur = raw
-    for p in parts[:-1]:
-        cur = cur.setdefault(p, {})
+    for i, p in enumerate(parts[:-1]):
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise SpecializeError(
+                f"cannot set '{key}': '{'.'.join(parts[: i + 1])}' is not a section",
+                field="--set",
+            )
+        cur = nxt
     cur[parts[-1]] = value
 
 
 def _one_line(err: ValidationError, path: Path, node: yaml.Node | None) -> SpecializeError:
-    first = err.errors()[0]
-    loc = [str(x) for x in first["loc"] if not isinstance(x, int) or True]
-    dotted = ".".join(loc)
-    line = _line_of(node, first["loc"])
-    if first["type"] == "extra_forbidden":
-        valid = _valid_keys(first["loc"][:-1])
-        near = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
-        hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(valid)}"
-        return SpecializeError(f"unknown key{hint}", path=path, line=line, field=dotted)
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "missing":
-        msg = "required field is missing"
+    """The most useful of pydantic's errors, as one line naming the YAML line and field."""
+    errors = err.errors()
+    cleaned = [_clean_loc(e["loc"]) for e in errors]
+    first, (loc, tag_at) = errors[0], cleaned[0]
+    expected: list[str] = []
+    if tag_at is not None:
+        # A union (e.g. ``str | list[str]``): pydantic reports each member. A deeper error is
+        # inside the member the value chose (an item of a list); else say every shape allowed.
+        group = [(e, c) for e, c in zip(errors, cleaned, strict=True) if c[1] == tag_at]
+        group = [g for g in group if g[1][0][:tag_at] == loc[:tag_at]]
+        deepest = max(group, key=lambda g: len(g[1][0]))
+        if len(deepest[1][0]) > tag_at:
+            first, (loc, _) = deepest[0], deepest[1]
+        else:
+            expected = [_EXPECTED.get(e["type"], "") or _literal(e) for e, _ in group]
+    dotted = _dotted(loc)
+    line = _line_of(node, tuple(loc))
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return SpecializeError(
+            f"unknown key{_suggest(tuple(loc), first.get('input'))}",
+            path=path,
+            line=line,
+            field=dotted,
+        )
+    if kind == "missing":
+        return SpecializeError("required field is missing", path=path, line=line, field=dotted)
+    got = _describe(first.get("input"))
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return SpecializeError(
+            _section_shape(loc, first.get("input")), path=path, line=line, field=dotted
+        )
+    if kind == "invalid_key":
+        msg = f"a key must be a name, got {got}"
+    elif expected and all(expected):
+        msg = f"expected {' or '.join(dict.fromkeys(expected))}, got {got}"
+    elif kind in _EXPECTED or kind == "literal_error":
+        msg = f"expected {_EXPECTED.get(kind) or _literal(first)}, got {got}"
+    elif kind == "value_error" or not loc:
+        msg = first["msg"].removeprefix("Value error, ")
+    else:  # a constraint: "Input should be greater than 0" -> "must be greater than 0, got -1"
+        text = first["msg"].removeprefix("Input should ").removeprefix("String should ")
+        msg = f"{'must ' if text != first['msg'] else ''}{text}, got {got}"
     return SpecializeError(msg, path=path, line=line, field=dotted or None)
 
 
-def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the section at ``loc`` (walking nested models and lists)."""
+def _dotted(loc: list[Any] | tuple[Any, ...]) -> str:
+    """('data', 'split', 'rules', 0, 'where') -> 'data.split.rules[0].where'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+# What a pydantic type error expects, in the words of a YAML file.
+_EXPECTED = {
+    "string_type": "a string",
+    "string_unicode": "a string",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "finite_number": "a finite number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "none_required": "nothing (null)",
+}
+
+
+def _literal(error: Any) -> str:
+    if error["type"] != "literal_error":
+        return ""
+    allowed = str((error.get("ctx") or {}).get("expected", "the allowed values"))
+    return f"one of {allowed}" if " or " in allowed else allowed
+
+
+def _describe(value: Any) -> str:
+    """A value as the user wrote it in YAML: a mapping, a list, 'fast', 3, true, null."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple | set):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, bytes):
+        return "binary data"
+    if isinstance(value, int) and abs(value) > 10**60:
+        return "a number with more than 60 digits"
+    text = str(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return f"'{text}'" if isinstance(value, str) else text
+
+
+def _section_shape(loc: list[Any], value: Any) -> str:
+    """'expected a mapping like 'model: {base: ...}' (fields: base, dtype), got 'x''."""
+    model = _model_at(tuple(loc))
+    fields = list(model.model_fields) if model is not None else []
+    name = str(loc[-1]) if loc and isinstance(loc[-1], str) else ""
+    example = f"{{{fields[0]}: ...}}" if fields else "{...}"
+    like = f"{name}: {example}" if name else f"- {example}"
+    msg = f"expected a mapping like '{like}'"
+    if fields:
+        msg += f" (fields: {', '.join(fields)})"
+    msg += f", got {_describe(value)}"
+    if model is not None and fields and isinstance(value, str | int | float | bool):
+        try:  # 'model: bundled:x' most likely means 'model: {base: bundled:x}'
+            model.model_validate({fields[0]: value})
+        except (ValidationError, ValueError, TypeError):
+            pass
+        else:
+            shown = str(value).lower() if isinstance(value, bool) else str(value)
+            msg += f"; did you mean '{name or '-'}: {{{fields[0]}: {shown}}}'?"
+    return msg
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[list[Any], int | None]:
+    """``loc`` without pydantic's union-member tags ('str', 'list[str]', "literal['auto']"),
+    and the position of the first tag removed (None when there was none)."""
+    out: list[Any] = []
+    tag_at: int | None = None
+    ann: Any = RunConfig
+    for part in loc:
+        ann = _strip_none(ann)
+        if _is_union(ann):
+            tag_at = len(out) if tag_at is None else tag_at
+            ann = _member_for_tag(ann, str(part))
+            continue
+        out.append(part)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            f = ann.model_fields.get(part) if isinstance(part, str) else None
+            ann = f.annotation if f is not None else None
+        elif typing.get_origin(ann) in (list, tuple, set):
+            ann = (typing.get_args(ann) or (None,))[0]
+        elif typing.get_origin(ann) is dict:
+            ann = (typing.get_args(ann) or (None, None))[-1]
+        else:
+            ann = None
+    return out, tag_at
+
+
+def _is_union(ann: Any) -> bool:
+    return typing.get_origin(ann) in (typing.Union, types.UnionType)
+
+
+def _strip_none(ann: Any) -> Any:
+    if _is_union(ann):
+        members = [a for a in typing.get_args(ann) if a is not type(None)]
+        if len(members) == 1:
+            return members[0]
+    return ann
+
+
+def _member_for_tag(ann: Any, tag: str) -> Any:
+    for m in typing.get_args(ann):
+        origin = typing.get_origin(m)
+        if origin is Literal and tag.startswith("literal["):
+            return m
+        if origin is not None and tag.startswith(f"{origin.__name__}["):
+            return m
+        if isinstance(m, type) and tag == m.__name__:
+            return m
+    return None
+
+
+# ------------------------------------------------------------------ did you mean ...?
+
+# Names other tools use (Axolotl, TRL, LLaMA-Factory, transformers' TrainingArguments, PEFT)
+# -> our dotted field, and for some the value to write (e.g. 'bf16: true' ->
+# 'train.mixed_precision: bf16'). A target of None says why there is no such setting.
+_ALIASES: dict[str, tuple[str | None, dict[Any, str] | str | None]] = {
+    # model
+    **dict.fromkeys(
+        (
+            "base_model",
+            "model_name_or_path",
+            "pretrained_model_name_or_path",
+            "base_model_name_or_path",
+            "model_name",
+            "model_id",
+            "model_path",
+        ),
+        ("model.base", None),
+    ),
+    "torch_dtype": ("model.dtype", None),
+    # chat
+    **dict.fromkeys(
+        (
+            "max_seq_length",
+            "sequence_len",
+            "cutoff_len",
+            "max_length",
+            "model_max_length",
+            "max_seq_len",
+            "seq_len",
+            "max_len",
+            "context_length",
+            "block_size",
+        ),
+        ("chat.max_seq_len", None),
+    ),
+    **dict.fromkeys(("chat_template", "template", "conversation_format"), ("chat.format", None)),
+    # data
+    **dict.fromkeys(
+        (
+            "dataset",
+            "datasets",
+            "data_path",
+            "dataset_path",
+            "dataset_dir",
+            "data_file",
+            "data_files",
+            "train_file",
+            "train_data",
+            "dataset_name",
+        ),
+        ("data.path", None),
+    ),
+    **dict.fromkeys(("system_message", "default_system"), ("data.system_prompt", None)),
+    **dict.fromkeys(
+        ("val_set_size", "val_size", "validation_size", "validation_split", "eval_split_size"),
+        ("data.split.validation", None),
+    ),
+    "test_size": ("data.split.test", None),
+    "max_samples": ("data.max_train_records", None),
+    **dict.fromkeys(("prompt_column", "question_column"), ("data.columns.prompt", None)),
+    **dict.fromkeys(("response_column", "answer_column"), ("data.columns.response", None)),
+    # lora
+    **dict.fromkeys(("lora_r", "lora_rank", "rank"), ("lora.r", None)),
+    "lora_alpha": ("lora.alpha", None),
+    "lora_dropout": ("lora.dropout", None),
+    **dict.fromkeys(
+        ("target_modules", "lora_target_modules", "lora_target"), ("lora.targets", None)
+    ),
+    "lora_target_linear": ("lora.targets", {True: "all-linear"}),
+    "use_dora": ("lora.dora", None),
+    "use_rslora": ("lora.rslora", None),
+    "load_in_4bit": ("lora.quantize", {True: "nf4", False: "none"}),
+    "quantization_bit": ("lora.quantize", {4: "nf4"}),
+    "adapter": ("lora.quantize", {"qlora": "nf4", "lora": "none"}),
+    # train
+    **dict.fromkeys(("learning_rate", "lr_rate", "base_lr"), ("train.lr", None)),
+    **dict.fromkeys(
+        ("num_train_epochs", "num_epochs", "n_epochs", "epoch", "train_epochs"),
+        ("train.epochs", None),
+    ),
+    **dict.fromkeys(
+        (
+            "per_device_train_batch_size",
+            "micro_batch_size",
+            "train_batch_size",
+            "per_device_batch_size",
+            "batch",
+        ),
+        ("train.batch_size", None),
+    ),
+    **dict.fromkeys(
+        (
+            "gradient_accumulation_steps",
+            "gradient_accumulation",
+            "grad_accumulation",
+            "accumulation_steps",
+            "grad_accum_steps",
+        ),
+        ("train.grad_accum", None),
+    ),
+    **dict.fromkeys(
+        ("lr_scheduler_type", "lr_scheduler", "lr_schedule", "scheduler_type"),
+        ("train.scheduler", None),
+    ),
+    "num_warmup_steps": ("train.warmup_steps", None),
+    **dict.fromkeys(
+        ("bf16", "fp16", "mixed"), ("train.mixed_precision", {True: "bf16", False: "no"})
+    ),
+    **dict.fromkeys(
+        ("gradient_clipping", "max_norm", "clip_grad_norm", "grad_clip"),
+        ("train.max_grad_norm", None),
+    ),
+    **dict.fromkeys(("save_steps", "checkpointing_steps"), ("train.checkpoint_every", None)),
+    "eval_steps": ("train.eval_every", None),
+    "logging_steps": ("train.log_every", None),
+    "sample_packing": ("train.packing", None),
+    "early_stopping_threshold": ("train.early_stopping_min_delta", None),
+    "random_seed": ("train.seed", None),
+    **dict.fromkeys(
+        ("optimizer", "optim", "optimiser"),
+        (None, "specialize always trains with AdamW (set train.lr and train.weight_decay)"),
+    ),
+    # eval
+    **dict.fromkeys(("per_device_eval_batch_size", "eval_batch_size"), ("eval.batch_size", None)),
+    "do_eval": ("eval.enabled", None),
+    # export
+    **dict.fromkeys(("merge_lora", "merge_adapter", "merge_and_unload"), ("export.merge", None)),
+    # top level
+    **dict.fromkeys(("run_name", "experiment_name"), ("name", None)),
+    **dict.fromkeys(("out_dir", "output_path", "save_dir", "run_dir"), ("output_dir", None)),
+    "stage": ("mode", {"pt": "cpt", "sft": "sft"}),
+    **dict.fromkeys(("peft", "peft_config", "lora_config"), ("lora", None)),
+    **dict.fromkeys(
+        ("training", "training_args", "training_arguments", "trainer"), ("train", None)
+    ),
+    **dict.fromkeys(("evaluation", "evaluate"), ("eval", None)),
+}
+
+
+def _sections() -> dict[str, type[BaseModel]]:
+    """Every config section by dotted path ('' is the top level): the models a field holds
+    directly (not inside a list), e.g. 'data.split' but not 'data.split.rules'."""
+    out: dict[str, type[BaseModel]] = {}
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        out[prefix] = model
+        for name, f in model.model_fields.items():
+            sub = _strip_none(f.annotation)
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                walk(sub, f"{prefix}.{name}" if prefix else name)
+
+    walk(RunConfig, "")
+    # Shallow sections first: a bare 'seed' means train.seed before data.split.seed.
+    return dict(sorted(out.items(), key=lambda kv: kv[0].count(".") + bool(kv[0])))
+
+
+def _norm(key: str) -> str:
+    return key.strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def _suggest(loc: tuple[Any, ...], value: Any) -> str:
+    """'; did you mean 'lr'?' for an unknown key at ``loc``, or the valid keys."""
+    key = _norm(str(loc[-1]))
+    here = ".".join(p for p in loc[:-1] if isinstance(p, str))
+    sections = _sections()
+    if here not in sections:  # inside a list (split rules, ablation conditions)
+        valid = _valid_keys(loc[:-1])
+        near = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        return f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(valid)}"
+
+    def shown(target: str, values: Any = None) -> str:
+        sec, _, name = target.rpartition(".")
+        text = name if sec == here else target
+        if isinstance(values, dict):
+            try:
+                hit = values.get(value)
+            except TypeError:  # an unhashable value: a list or mapping
+                hit = None
+            if hit is not None:
+                text = f"{text}: {hit}"
+        where = " (at the top level)" if not sec and here else ""
+        return f"; did you mean '{text}'{where}?"
+
+    # 1. a name another tool uses
+    if key in _ALIASES:
+        target, values = _ALIASES[key]
+        if target is None:
+            return f"; {values}"
+        return shown(target, values)
+    # 2. our own name, written in another section
+    if key not in sections[here].model_fields:
+        for sec, model in sections.items():
+            if sec != here and key in model.model_fields:
+                return shown(f"{sec}.{key}" if sec else key)
+    # 3. the nearest name: this section's fields and the aliases of them first
+    candidates: list[tuple[str, str, bool]] = []  # (name compared, target, in this section)
+    for sec, model in sections.items():
+        for name in model.model_fields:
+            candidates.append((name, f"{sec}.{name}" if sec else name, sec == here))
+    for alias, (target, _) in _ALIASES.items():
+        if target is not None:
+            candidates.append((alias, target, target.rpartition(".")[0] == here))
+    scored = [(_similarity(key, name), local, target) for name, target, local in candidates]
+    best = max(
+        (s for s in scored if s[0] >= (0.6 if s[1] else 0.8)),
+        key=lambda s: (s[1], s[0]),
+        default=None,
+    )
+    if best is not None:
+        return shown(best[2])
+    return f"; valid keys: {', '.join(sections[here].model_fields)}"
+
+
+def _similarity(a: str, b: str) -> float:
+    """How alike two key names are: difflib's ratio, or the share of words (split at '_')
+    that match a word of the other name, whichever is higher; sharing a word adds 0.1."""
+    ratio = difflib.SequenceMatcher(None, a, b).ratio()
+    aw, bw = [w for w in a.split("_") if w], [w for w in b.split("_") if w]
+    if not aw or not bw:
+        return ratio
+    shared = sum(
+        1 for w in aw if any(difflib.SequenceMatcher(None, w, v).ratio() >= 0.8 for v in bw)
+    )
+    words = shared / max(len(aw), len(bw))
+    return max(ratio, words) + (0.1 if shared else 0.0)
+
+
+def _model_at(loc: tuple[Any, ...]) -> Any:
+    """The pydantic model of the section at ``loc`` (walking nested models and lists)."""
     model: Any = RunConfig
     for part in loc:
         if isinstance(part, int):
             continue
         field = model.model_fields.get(part)
         if field is None:
-            return []
+            return None
         model = _model_in(field.annotation)
         if model is None:
-            return []
-    return list(model.model_fields)
+            return None
+    return model
+
+
+def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the section at ``loc`` (walking nested models and lists)."""
+    model = _model_at(loc)
+    return list(model.model_fields) if model is not None else []
 
 
 def _model_in(annotation: Any) -> Any:
