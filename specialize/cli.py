@@ -7,7 +7,8 @@
     specialize card RUN_DIR        rewrite MODEL_CARD.md from a run's files
     specialize config-docs         every config field with its type, default and meaning
 
-Bad input ends with one line on stderr naming the file, line or field, and exit code 2.
+Bad input ends with one line on stderr naming the file, line or field, and exit code 2; a
+crash of llama.cpp (run in a child process) ends with one line and exit code 3.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 
 from specialize.errors import SpecializeError
+from specialize.export.llama_process import NativeCrash
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "space" / "config.yaml"
 
@@ -157,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument(
                 "--resume",
                 action="store_true",
-                help="continue an interrupted run from its last complete checkpoint",
+                help="continue an interrupted run: finished stages (adapter, evaluations, merge, "
+                "GGUF files) are reused, training continues from its last checkpoint",
             )
     sp = sub.add_parser("eval", help="evaluate a run's variants or a suite config")
     sp.add_argument("target", help="run directory, or a suite config (examples/suites/*.yaml)")
@@ -198,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("specialize").setLevel(logging.INFO)
     try:
         return args.fn(args)
+    except NativeCrash as e:  # not the user's input: a native library died in its child
+        print(f"specialize: error: {e.one_line()}", file=sys.stderr)
+        return 3
     except SpecializeError as e:
         print(f"specialize: error: {e.one_line()}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from specialize.cli import main
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None,
-    reason="llama-cpp-python is not installed (pip install llama-cpp-python==0.3.36)",
+    reason="llama-cpp-python is not installed (make setup builds it)",
 )
 
 

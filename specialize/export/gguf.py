@@ -34,7 +34,6 @@ corrupt input or a full disk never leaves a half-written ``.gguf`` under the fin
 
 from __future__ import annotations
 
-import ctypes
 import math
 import re
 from collections import Counter
@@ -47,9 +46,10 @@ import numpy as np
 
 from specialize.errors import SpecializeError
 from specialize.evaluate.backends import Generation, Message, cut_at_stop
+from specialize.export.llama_process import LlamaProcess, quantize_in_child
 from specialize.io import atomic_path, read_json
 
-LLAMA_CPP_PIP = "pip install llama-cpp-python==0.3.36"
+LLAMA_CPP_PIP = "make setup (scripts/install_llama_cpp.py: llama-cpp-python 0.3.36, checked flags)"
 
 # ------------------------------------------------------------------------ architecture tables
 # One table per architecture family: Hugging Face tensor name -> GGUF tensor name, with
@@ -773,35 +773,21 @@ def open_llama(
     logits_all: bool = False,
     n_threads: int | None = None,
     kv_f32: bool = False,
-) -> Any:
-    """A ``llama_cpp.Llama`` on ``gguf_path``; a one-line error if llama.cpp cannot load it.
+    purpose: str = "using",
+) -> LlamaProcess:
+    """``gguf_path`` opened by llama.cpp in a child process (:mod:`.llama_process`), so a
+    crash in native code raises :class:`~.llama_process.NativeCrash` instead of killing us.
 
     ``kv_f32`` keeps the attention cache in F32 instead of llama.cpp's default F16, which is
     what makes an F32 GGUF agree with PyTorch to float32 rounding rather than F16 rounding.
-    ``n_threads`` defaults to every core this process may use.
+    ``n_threads`` defaults to every core this process may use. ``purpose`` ("checking",
+    "evaluating"...) names what was being done if the child dies.
     """
-    from specialize.export.speed import cpu_threads
-
-    llama_cpp = _llama_cpp()
-    path = Path(gguf_path)
-    if not path.is_file():
-        raise SpecializeError("GGUF file not found", path=path)
-    # llama-cpp-python's default is half the cores, which on a 2-core machine is one.
-    n_threads = n_threads or cpu_threads()
-    kw: dict[str, Any] = {}
-    if kv_f32:
-        kw.update(type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
-    try:
-        return llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            logits_all=logits_all,
-            n_threads=n_threads,
-            verbose=False,
-            **kw,
-        )
-    except Exception as err:  # noqa: BLE001 - llama.cpp reports load failures as ValueError
-        raise SpecializeError(f"llama.cpp cannot load this GGUF: {err}", path=path) from None
+    _llama_cpp()
+    return LlamaProcess(
+        gguf_path, n_ctx, logits_all=logits_all, n_threads=n_threads, kv_f32=kv_f32,
+        purpose=purpose,
+    )  # fmt: skip
 
 
 QUANT_TYPES: dict[str, str] = {
@@ -843,16 +829,10 @@ def quantize(
         )
     if not src.is_file():
         raise SpecializeError("GGUF file to quantize not found", path=src)
-    llama_cpp = _llama_cpp()
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, QUANT_TYPES[key])
-    if nthread:
-        params.nthread = int(nthread)
+    _llama_cpp()
     try:
         with atomic_path(out) as tmp:
-            rc = llama_cpp.llama_model_quantize(
-                str(src).encode(), str(tmp).encode(), ctypes.byref(params)
-            )
+            rc = quantize_in_child(src, tmp, QUANT_TYPES[key], nthread)
             if rc != 0:
                 raise SpecializeError(
                     f"llama.cpp quantization to {key} failed (code {rc})", path=src
@@ -873,32 +853,10 @@ def quantize(
 # ------------------------------------------------------------------------- round-trip checks
 
 
-def _vocab_is_eog(llm: Any, token: int) -> bool:
-    llama_cpp = _llama_cpp()
-    return bool(llama_cpp.llama_vocab_is_eog(llama_cpp.llama_model_get_vocab(llm.model), token))
-
-
-def _token_text(llm: Any, token: int) -> str:
-    if token < 0:
-        return ""
-    return llm._model.token_get_text(token)  # noqa: SLF001 - the public API has no text lookup
-
-
-def render_with_gguf_template(llm: Any, messages: Sequence[Message]) -> str:
+def render_with_gguf_template(llm: LlamaProcess, messages: Sequence[Message]) -> str:
     """Render ``messages`` with the GGUF's own ``tokenizer.chat_template`` the way
     llama-cpp-python does in ``create_chat_completion`` (Jinja2ChatFormatter, its BOS/EOS)."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    template = llm.metadata.get("tokenizer.chat_template")
-    if not template:
-        raise SpecializeError("the GGUF has no tokenizer.chat_template", path=llm.model_path)
-    fmt = Jinja2ChatFormatter(
-        template=template,
-        eos_token=_token_text(llm, llm.token_eos()),
-        bos_token=_token_text(llm, llm.token_bos()),
-        add_generation_prompt=True,
-    )
-    return fmt(messages=list(messages)).prompt
+    return llm.render_template(messages)
 
 
 def _hf_prompt_ids(tok: Any, messages: Sequence[Message]) -> tuple[str, list[int]]:
@@ -938,7 +896,17 @@ def check_template(
     ``texts`` are plain strings whose tokenization with each side's own BOS/EOS rules must
     match too (digits, spaces and punctuation exercise the pre-tokenizer's split regex).
     """
-    llm = open_llama(gguf_path, n_ctx=n_ctx)
+    with open_llama(gguf_path, n_ctx=n_ctx, purpose="checking the template of") as llm:
+        return _check_template(llm, hf_tokenizer, conversations, texts, stop_after)
+
+
+def _check_template(
+    llm: LlamaProcess,
+    hf_tokenizer: Any,
+    conversations: Sequence[Sequence[Message]],
+    texts: Sequence[str],
+    stop_after: int,
+) -> dict[str, Any]:
     rows = []
     for conv in conversations:
         hf_text, hf_ids = _hf_prompt_ids(hf_tokenizer, conv)
@@ -963,7 +931,7 @@ def check_template(
         got = list(llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
         plain.append({"text": text, "ids_identical": got == want})
     stops = _hf_stop_ids(hf_tokenizer)
-    eog = {int(t): _vocab_is_eog(llm, int(t)) for t in stops}
+    eog = {int(t): llm.is_eog(int(t)) for t in stops}
     marker = next((t for t in stops if t != hf_tokenizer.eos_token_id), stops[0] if stops else None)
     probe: dict[str, Any] = {"end_of_turn_id": marker}
     if marker is not None and conversations:
@@ -984,36 +952,18 @@ def check_template(
 
 
 def _forced_stop_probe(
-    llm: Any, prompt: list[int], marker: int, stops: list[int], k: int, tok: Any
+    llm: LlamaProcess, prompt: list[int], marker: int, stops: list[int], k: int, tok: Any
 ) -> dict[str, Any]:
     """Greedy generation with every end-of-generation token banned for ``k`` tokens (so it
     cannot stop early by chance), then the end-of-turn marker forced."""
-    n_prompt = len(prompt)
-    eog = [t for t in range(llm.n_vocab()) if _vocab_is_eog(llm, t)]
-    banned = np.asarray(sorted(set(stops) | {marker} | set(eog)), dtype=np.int64)
-
-    def force(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        out = np.array(scores, copy=True)
-        if len(input_ids) - n_prompt < k:
-            out[banned] = -np.inf
-        else:
-            out[:] = -np.inf
-            out[marker] = 0.0
-        return out
-
-    res = llm.create_completion(
-        prompt=prompt, max_tokens=k + 4, temperature=0.0, logits_processor=[force]
-    )
-    choice = res["choices"][0]
-    n_out = int(res["usage"]["completion_tokens"])
+    banned = sorted(set(stops) | {marker} | set(llm.eog_tokens()))
+    finish, n_out, text = llm.forced_stop(prompt, marker, banned, k)
     marker_text = tok.convert_ids_to_tokens(marker)
     return {
-        "finish_reason": choice["finish_reason"],
+        "finish_reason": finish,
         "completion_tokens": n_out,
-        "marker_in_text": marker_text in choice["text"],
-        "stopped_correctly": choice["finish_reason"] == "stop"
-        and n_out == k
-        and marker_text not in choice["text"],
+        "marker_in_text": marker_text in text,
+        "stopped_correctly": finish == "stop" and n_out == k and marker_text not in text,
     }
 
 
@@ -1046,7 +996,10 @@ def check_logits(
     """
     import torch
 
-    llm = open_llama(gguf_path, n_ctx=n_ctx, logits_all=True, n_threads=n_threads, kv_f32=kv_f32)
+    llm = open_llama(
+        gguf_path, n_ctx=n_ctx, logits_all=True, n_threads=n_threads, kv_f32=kv_f32,
+        purpose="checking the logits of",
+    )  # fmt: skip
     agree = total = 0
     kls: list[np.ndarray] = []
     nll_hf: list[np.ndarray] = []
@@ -1061,9 +1014,7 @@ def check_logits(
         ids = ids[:n_ctx]
         if not ids:
             continue
-        llm.reset()
-        llm.eval(ids)
-        ours = np.array(llm.scores[: len(ids)], dtype=np.float64)
+        ours = llm.scores(ids).astype(np.float64)
         ref = reference.get(tuple(ids)) if reference is not None else None
         if ref is None:
             with torch.no_grad():
@@ -1086,6 +1037,7 @@ def check_logits(
         nll_gguf.append(-lq[pos, nxt])
         max_diff = max(max_diff, float(np.abs(ref - ours).max()))
         max_logit = max(max_logit, float(np.abs(ref).max()))
+    llm.close()
     kl = np.concatenate(kls) if kls else np.zeros(0)
     top1 = agree / total if total else 0.0
     a = np.concatenate(nll_hf) if nll_hf else np.zeros(0)
@@ -1104,23 +1056,6 @@ def check_logits(
         "min_top1": min_top1,
         "passed": total > 0 and top1 >= min_top1,
     }
-
-
-def _llama_greedy(llm: Any, prompt: list[int], max_new_tokens: int) -> tuple[list[int], bool]:
-    """Greedy decoding by argmax over llama.cpp's logits (no sampler), stopping at EOG."""
-    llama_cpp = _llama_cpp()
-    n_vocab = llm.n_vocab()
-    llm.reset()
-    llm.eval(prompt)
-    out: list[int] = []
-    for _ in range(max_new_tokens):
-        last = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
-        token = int(np.argmax(last))
-        if _vocab_is_eog(llm, token):
-            return out, True
-        out.append(token)
-        llm.eval([token])
-    return out, False
 
 
 def hf_greedy_answers(
@@ -1180,11 +1115,11 @@ def check_answers(
     """
     if reference is None:
         reference = hf_greedy_answers(hf_model, tokenizer, prompts, max_new_tokens)
-    llm = open_llama(gguf_path, n_ctx=n_ctx, kv_f32=kv_f32)
+    llm = open_llama(gguf_path, n_ctx=n_ctx, kv_f32=kv_f32, purpose="checking the answers of")
     rows = []
     for ref in reference:
         gen = ref["ids"]
-        ours, stopped = _llama_greedy(llm, ref["prompt_ids"], max_new_tokens)
+        ours, stopped = llm.greedy(ref["prompt_ids"], max_new_tokens)
         parts = next(
             (i for i, (a, b) in enumerate(zip(gen, ours, strict=False)) if a != b),
             None if len(gen) == len(ours) else min(len(gen), len(ours)),
@@ -1199,6 +1134,7 @@ def check_answers(
                 "gguf_stopped": stopped,
             }
         )
+    llm.close()
     same = sum(r["identical"] for r in rows)
     return {
         "prompts": len(rows),
@@ -1229,7 +1165,7 @@ class GGUFBackend:
         self, gguf_path: str | Path, n_ctx: int = 2048, n_threads: int | None = None
     ) -> None:
         self.path = Path(gguf_path)
-        self.llm = open_llama(self.path, n_ctx=n_ctx, n_threads=n_threads)
+        self.llm = open_llama(self.path, n_ctx=n_ctx, n_threads=n_threads, purpose="evaluating")
         self.name = f"gguf:{self.path.name}"
 
     def generate(
@@ -1255,9 +1191,8 @@ class GGUFBackend:
                 kw["response_format"] = {"type": "json_object", "schema": json_schema}
             if seed is not None:
                 kw["seed"] = int(seed) + i  # per-record seed, as the HF backend does
-            self.llm.reset()
-            res = self.llm.create_chat_completion(
-                messages=list(conv),
+            res = self.llm.chat(
+                list(conv),
                 max_tokens=max_new_tokens,
                 temperature=float(temperature),
                 repeat_penalty=1.0,

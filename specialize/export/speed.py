@@ -91,19 +91,12 @@ def gguf_tokens_per_s(
 
     threads = n_threads or cpu_threads()
     n_ctx = max(len(p) for p in prompts) + new_tokens + 8
-    llm = open_llama(gguf_path, n_ctx=n_ctx, n_threads=threads)
+    llm = open_llama(gguf_path, n_ctx=n_ctx, n_threads=threads, purpose="timing")
 
     def once(prompt: list[int], n: int) -> float:
-        llm.reset()
-        got = 0
-        t0 = time.perf_counter()
-        # Llama.generate yields sampled tokens without stopping at end-of-turn (stopping is
-        # create_completion's job), so exactly n tokens are produced.
-        for _ in llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
-            got += 1
-            if got == n:
-                break
-        return time.perf_counter() - t0
+        # Timed inside the llama.cpp child: one round trip per measurement, not per token.
+        return llm.timed_generate(prompt, n)
 
     times = _timed(once, prompts, new_tokens, repeats)
+    llm.close()
     return _summary(times, new_tokens, "llama.cpp", file=Path(gguf_path).name, threads=threads)
