@@ -26,10 +26,11 @@ from specialize.data.leakage import find_document_leaks, find_leaks, leak_report
 from specialize.data.read import data_files, read_documents, read_records
 from specialize.data.split import assign_splits, split_hash
 from specialize.errors import SpecializeError
+from specialize.export.llama_process import NativeCrash
 from specialize.io import read_json, read_jsonl, sha256_file, write_json, write_jsonl, write_text
 from specialize.models.chat import check_format, render_prompt
 from specialize.models.load import is_tied, load_model, load_tokenizer, resolve
-from specialize.runinfo import Timer, hardware, versions
+from specialize.runinfo import Timer, hardware, installed_stack, versions
 from specialize.train.checkpoint import complete_checkpoints, fingerprint
 
 log = logging.getLogger("specialize")
@@ -190,9 +191,6 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
     from specialize.report.card import write_card
     from specialize.report.eval_report import metrics_chart
     from specialize.report.manifest import write_manifest
-    from specialize.report.plots import loss_curve
-    from specialize.train import loop
-    from specialize.train.lora import apply_lora, parameter_counts
 
     final = cfg.run_dir()
     if final.exists() and not force:
@@ -222,9 +220,12 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
     stage = shared_stage if main else Path(tempfile.mkdtemp(prefix=f".{final.name}.rank"))
     ckpt_dir = shared_stage / "checkpoints"
     fp = training_fingerprint(cfg, prepared)
+    # An adapter that finished training with this fingerprint is reused by --resume: a crash
+    # after training (evaluation, merge, llama.cpp) never costs the training again.
+    reuse_adapter = resume and _adapter_done(shared_stage, fp)
     if not main:
         pass
-    elif resume and complete_checkpoints(ckpt_dir):
+    elif resume and (reuse_adapter or complete_checkpoints(ckpt_dir)):
         log.info("resuming in %s", stage)
     else:
         if resume:
@@ -311,61 +312,17 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
                 preds["base"], metrics["base"] = evaluate("base", model)
             _save_eval(stage, "base", preds["base"], metrics["base"], eval_split)
 
-        with timer.stage("train"):
-            peft_model, targets = apply_lora(model, cfg.lora, cfg.train.seed)
-            counts = parameter_counts(peft_model)
-            write_json(
-                stage / "train" / "adapted_modules.json", {"targets": targets, "parameters": counts}
-            )
-            log.info(
-                "trainable params: %s || all params: %s || trainable%%: %.4f",
-                f"{counts['trainable']:,}",
-                f"{counts['total']:,}",
-                100 * counts["trainable"] / counts["total"],
-            )
-            state = loop.setup(
-                peft_model,
-                training_rows(cfg, examples["train"]),
-                examples["validation"],
-                cfg.train,
-                tokenizer.pad_token_id,
-                cfg.eval.batch_size,
-                checkpoint_dir=ckpt_dir if cfg.train.checkpoint_every else None,
-                fingerprint=fp,
-            )
-            if resume and cfg.train.checkpoint_every:
-                state.checkpoint_dir = ckpt_dir
-                loop.resume(state)
-            log.info(
-                "training: %d steps (%d per epoch), %d rows, batch %d x accum %d",
-                state.total_steps,
-                state.steps_per_epoch,
-                len(state.train_examples),
-                cfg.train.batch_size,
-                cfg.train.grad_accum,
-            )
-            try:
-                history = loop.fit(state, progress)
-            except loop.NonFiniteLoss as e:
-                last = complete_checkpoints(ckpt_dir)
-                keep = f"; last good checkpoint {last[-1]} (rerun with --resume)" if last else ""
-                raise SpecializeError(
-                    f"training stopped: {e}; lower train.lr or check the data{keep}",
-                    field="train.lr",
-                ) from None
-            loop.save(state, stage / "adapter")
-            write_json(
-                stage / "adapter" / "specialize.json",
-                {
-                    "base_model": cfg.model.base,
-                    "base_files": source.describe(),
-                    "chat_format": cfg.chat.format,
-                    "lora": cfg.lora.model_dump(mode="json"),
-                    "targets": targets,
-                },
-            )
-            write_json(stage / "train" / "history.json", history)
-            loss_curve(history, stage / "plots" / "loss.png")
+        if reuse_adapter:
+            from specialize.evaluate.runner import with_adapter
+
+            peft_model = with_adapter(model, stage / "adapter")
+            history = read_json(stage / "train" / "history.json")
+            log.info("training reused: the interrupted run had finished its adapter")
+        else:
+            with timer.stage("train"):
+                peft_model, history = _train(
+                    cfg, model, tokenizer, examples, stage, ckpt_dir, fp, resume, progress, source
+                )
         log.info(
             "trained %d steps in %.1f s (%.0f tokens/s); final validation loss %.4f",
             history["steps"],
@@ -377,7 +334,12 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
         if not main:
             shutil.rmtree(stage, ignore_errors=True)
             return final
-        if cfg.eval.enabled and eval_records:
+        done_tuned = stage / "eval" / "tuned" / "metrics.json"
+        if cfg.eval.enabled and eval_records and reuse_adapter and done_tuned.exists():
+            preds["tuned"] = read_jsonl(stage / "eval" / "tuned" / "predictions.jsonl")
+            metrics["tuned"] = read_json(done_tuned)
+            log.info("tuned evaluation reused from the interrupted run")
+        elif cfg.eval.enabled and eval_records:
             with timer.stage("eval_tuned"):
                 preds["tuned"], metrics["tuned"] = evaluate("tuned", peft_model)
             _save_eval(stage, "tuned", preds["tuned"], metrics["tuned"], eval_split)
@@ -417,7 +379,11 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
                 d["perplexity"]["ci_high"],
             )
 
-        if cfg.export.merge:
+        done_merge = stage / "export" / "merge_check.json"
+        if cfg.export.merge and reuse_adapter and _merge_done(stage):
+            check = read_json(done_merge)
+            log.info("merged model reused from the interrupted run")
+        elif cfg.export.merge:
             with timer.stage("export"):
                 check_dtype = getattr(torch, cfg.export.check_dtype)
                 peft_model.to(check_dtype)  # merge and compare in this precision
@@ -454,21 +420,36 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
                 )
         if cfg.export.merge and gguf_skip is None:
             with timer.stage("gguf"):
-                export_edge(
-                    stage,
-                    cfg,
-                    source,
-                    tokenizer,
-                    eval_records if cfg.eval.enabled else [],
-                    preds,
-                    metrics,
-                    scorer,
-                    progress,
-                )
+                try:
+                    export_edge(
+                        stage,
+                        cfg,
+                        source,
+                        tokenizer,
+                        eval_records if cfg.eval.enabled else [],
+                        preds,
+                        metrics,
+                        scorer,
+                        progress,
+                        reuse=reuse_adapter,
+                    )
+                except NativeCrash as e:
+                    raise NativeCrash(
+                        f"stage 'gguf': {e.message}; the finished stages are kept: rebuild "
+                        "llama.cpp (README: llama.cpp build) or set export.gguf: false, then "
+                        "rerun with --resume",
+                        path=e.path,
+                    ) from None
 
         write_json(
             stage / "env.json",
-            {"versions": versions(), "hardware": hardware(), "argv": sys.argv, "cwd": os.getcwd()},
+            {
+                "versions": versions(),
+                "installed": installed_stack(),
+                "hardware": hardware(),
+                "argv": sys.argv,
+                "cwd": os.getcwd(),
+            },
         )
         write_json(stage / "timings.json", timer.as_dict())
         write_card(stage)
@@ -483,9 +464,9 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
         handler.close()
         if not main:
             shutil.rmtree(stage, ignore_errors=True)
-        elif complete_checkpoints(ckpt_dir):
+        elif complete_checkpoints(ckpt_dir) or (stage / TRAIN_DONE).is_file():
             # Training progress is worth keeping: the hidden staging folder stays for --resume.
-            log.info("kept %s for `specialize run --resume`", stage)
+            log.error("kept %s for `specialize run --resume`", stage)
         else:
             shutil.rmtree(stage, ignore_errors=True)
         if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
@@ -500,6 +481,104 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
     os.replace(stage, final)
     log.info("run directory: %s", final)
     return final
+
+
+TRAIN_DONE = "train/done.json"
+
+
+def _adapter_done(stage: Path, fp: str) -> bool:
+    """Did an interrupted run in ``stage`` finish training an adapter with fingerprint ``fp``?
+
+    ``train/done.json`` is written after the adapter, its metadata and the history, so its
+    presence means all three are complete."""
+    done = stage / TRAIN_DONE
+    try:
+        return done.is_file() and read_json(done).get("fingerprint") == fp
+    except (OSError, ValueError):
+        return False
+
+
+def _train(
+    cfg: RunConfig,
+    model: Any,
+    tokenizer: Any,
+    examples: dict[str, list[Example]],
+    stage: Path,
+    ckpt_dir: Path,
+    fp: str,
+    resume: bool,
+    progress: bool,
+    source: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """LoRA training into ``stage/adapter``; returns the adapted model and the history."""
+    from specialize.report.plots import loss_curve
+    from specialize.train import loop
+    from specialize.train.lora import apply_lora, parameter_counts
+
+    peft_model, targets = apply_lora(model, cfg.lora, cfg.train.seed)
+    counts = parameter_counts(peft_model)
+    write_json(stage / "train" / "adapted_modules.json", {"targets": targets, "parameters": counts})
+    log.info(
+        "trainable params: %s || all params: %s || trainable%%: %.4f",
+        f"{counts['trainable']:,}",
+        f"{counts['total']:,}",
+        100 * counts["trainable"] / counts["total"],
+    )
+    state = loop.setup(
+        peft_model,
+        training_rows(cfg, examples["train"]),
+        examples["validation"],
+        cfg.train,
+        tokenizer.pad_token_id,
+        cfg.eval.batch_size,
+        checkpoint_dir=ckpt_dir if cfg.train.checkpoint_every else None,
+        fingerprint=fp,
+    )
+    if resume and cfg.train.checkpoint_every:
+        state.checkpoint_dir = ckpt_dir
+        loop.resume(state)
+    log.info(
+        "training: %d steps (%d per epoch), %d rows, batch %d x accum %d",
+        state.total_steps,
+        state.steps_per_epoch,
+        len(state.train_examples),
+        cfg.train.batch_size,
+        cfg.train.grad_accum,
+    )
+    try:
+        history = loop.fit(state, progress)
+    except loop.NonFiniteLoss as e:
+        last = complete_checkpoints(ckpt_dir)
+        keep = f"; last good checkpoint {last[-1]} (rerun with --resume)" if last else ""
+        raise SpecializeError(
+            f"training stopped: {e}; lower train.lr or check the data{keep}",
+            field="train.lr",
+        ) from None
+    loop.save(state, stage / "adapter")
+    write_json(
+        stage / "adapter" / "specialize.json",
+        {
+            "base_model": cfg.model.base,
+            "base_files": source.describe(),
+            "chat_format": cfg.chat.format,
+            "lora": cfg.lora.model_dump(mode="json"),
+            "targets": targets,
+        },
+    )
+    write_json(stage / "train" / "history.json", history)
+    loss_curve(history, stage / "plots" / "loss.png")
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_json(stage / TRAIN_DONE, {"fingerprint": fp})
+    return peft_model, history
+
+
+def _merge_done(stage: Path) -> bool:
+    """A merge that finished and passed its check (the check is written after the folder)."""
+    done = stage / "export" / "merge_check.json"
+    try:
+        return (stage / "merged" / "config.json").is_file() and bool(read_json(done)["passed"])
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def _save_eval(

@@ -71,6 +71,9 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tiny_llama, tmp_path, capsy
     # breaking the eval stage? Simpler: run, then move the run back to staging.
     assert main(["run", str(cfg), "--no-progress"]) == 0
     (tmp_path / "runs" / "c").rename(stage)
+    # As if it had stopped during training: no finished adapter, so --resume must use the
+    # checkpoints (a finished adapter would be reused without them).
+    (stage / "train" / "done.json").unlink()
     ck = sorted((stage / "checkpoints").glob("step-*"))[-1]
     # Foreign: other training settings.
     cfg.write_text(text.replace("lr: 0.01", "lr: 0.02"))

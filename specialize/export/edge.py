@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from specialize.errors import SpecializeError
-from specialize.io import write_json, write_jsonl
+from specialize.io import read_json, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger("specialize")
 
@@ -94,9 +94,13 @@ def export_edge(
     metrics: dict[str, dict[str, Any]],
     scorer: Any = None,
     progress: bool = True,
+    reuse: bool = False,
 ) -> dict[str, Any]:
     """GGUF export + checks, speed and quantized evaluation into ``run`` (a staging folder with
-    adapter/, merged/ and data/). Adds the GGUF variants to ``preds``/``metrics``."""
+    adapter/, merged/ and data/). Adds the GGUF variants to ``preds``/``metrics``.
+
+    ``reuse`` (``specialize run --resume``) keeps the GGUF files and the quantized evaluations
+    an interrupted run finished; checks and speed are measured again (seconds)."""
     from specialize.evaluate.evaluation import compare_variants, evaluate_variant, side_by_side
     from specialize.export.export_run import export_run
     from specialize.export.gguf import GGUFBackend
@@ -104,8 +108,9 @@ def export_edge(
 
     ex = cfg.export
     report = export_run(
-        run, tuple(ex.gguf_types), checks=True, n_check=ex.check_prompts, name=cfg.name
-    )
+        run, tuple(ex.gguf_types), checks=True, n_check=ex.check_prompts, name=cfg.name,
+        reuse=reuse,
+    )  # fmt: skip
     paths = {t: str(run / "gguf" / name) for t, name in report["files"].items()}
 
     if ex.speed_tokens and records:
@@ -121,6 +126,13 @@ def export_edge(
     names = []
     for t in ex.gguf_types:
         name = f"gguf-{t}"
+        names.append(name)
+        done = run / "eval" / name / "metrics.json"
+        if reuse and done.is_file():
+            preds[name] = read_jsonl(run / "eval" / name / "predictions.jsonl")
+            metrics[name] = read_json(done)
+            log.info("%s evaluation reused from the interrupted run", name)
+            continue
         preds[name], metrics[name] = evaluate_variant(
             None,
             tokenizer,
@@ -135,7 +147,6 @@ def export_edge(
         )
         write_jsonl(run / "eval" / name / "predictions.jsonl", preds[name])
         write_json(run / "eval" / name / "metrics.json", metrics[name])
-        names.append(name)
     vs_tuned = compare_variants(
         {n: preds[n] for n in ["tuned", *names]},
         cfg.eval.breakdown_by,

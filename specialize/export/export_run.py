@@ -74,9 +74,12 @@ def export_run(
     checks: bool = True,
     n_check: int = 4,
     name: str | None = None,
+    reuse: bool = False,
 ) -> dict[str, Any]:
     """Write ``RUN/gguf/<name>-<type>.gguf`` (``name`` defaults to the run folder's) and the
-    check and size reports; returns the report."""
+    check and size reports; returns the report. ``reuse`` keeps GGUF files an interrupted
+    export finished (each is renamed into place only when complete, and its facts are in
+    ``export/gguf_files.json``)."""
     from specialize.export import gguf as g
 
     if not (run / "adapter" / "adapter_config.json").is_file():
@@ -86,15 +89,24 @@ def export_run(
     merged = _merged(run, meta)
     out = run / "gguf"
     name = name or run.name
+    facts = run / "export" / "gguf_files.json"
+    done = read_json(facts) if reuse and facts.is_file() else {}
     files: dict[str, dict[str, Any]] = {}
     f16 = out / f"{name}-f16.gguf"
-    log.info("GGUF: converting %s -> %s", merged, f16)
-    files["f16"] = g.convert_to_gguf(merged, f16, "f16")
-    files["f16"]["bits_per_weight"] = files["f16"]["bytes"] * 8 / max(1, files["f16"]["params"])
-    for t in types:
+    for t in ("f16", *types):
         path = out / f"{name}-{t}.gguf"
-        log.info("GGUF: quantizing to %s", t.upper())
-        files[t] = g.quantize(f16, path, t)
+        if t in done and path.is_file() and path.stat().st_size == done[t]["bytes"]:
+            files[t] = done[t]
+            log.info("GGUF: %s reused from the interrupted run", path.name)
+            continue
+        if t == "f16":
+            log.info("GGUF: converting %s -> %s", merged, f16)
+            files[t] = g.convert_to_gguf(merged, f16, "f16")
+            files[t]["bits_per_weight"] = files[t]["bytes"] * 8 / max(1, files[t]["params"])
+        else:
+            log.info("GGUF: quantizing to %s", t.upper())
+            files[t] = g.quantize(f16, path, t)
+        write_json(facts, files)  # after each file: what a resumed export may keep
     base_files = Path(str(meta.get("base_files", "")))
     sizes: dict[str, Any] = {}
     if base_files.exists():
