@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from specialize.export.speed import cpu_threads, gguf_tokens_per_s, hf_tokens_per_s
     from specialize.io import read_jsonl
     from specialize.models.chat import render_prompt
+    from specialize.runinfo import hardware, installed_stack
 
     run = args.run.resolve()
     cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
@@ -129,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         "run": str(run),
         "quality_wall_s": time.perf_counter() - t0,
         "threads": cpu_threads(),
+        # Which llama.cpp build was measured: the flags decide which kernels run.
+        "llama_cpp_build": installed_stack().get("llama_cpp_build"),
+        "cpu": hardware()["cpu"],
     }
     print(
         f"\nQ4_K_M {q4_tps:.1f} vs HF float32 {hf_tps:.1f} tokens/s: {result['ratio']:.2f}x; "

@@ -19,6 +19,8 @@ PACKAGES = (
     "tokenizers",
     "safetensors",
     "gguf",
+    "llama-cpp-python",
+    "numpy",
 )
 
 
@@ -29,6 +31,49 @@ def versions() -> dict[str, str]:
             out[p] = metadata.version(p)
         except metadata.PackageNotFoundError:
             out[p] = "not installed"
+    return out
+
+
+def installed_stack() -> dict[str, Any]:
+    """Every installed package's version, the lock they were installed against, and how
+    llama.cpp was compiled (written by scripts/install_llama_cpp.py into the venv): two runs
+    whose stacks differ say so in their manifests."""
+    import hashlib
+    import json
+    import sys
+    from pathlib import Path
+
+    packages = {}
+    for dist in metadata.distributions():
+        name = dist.metadata.get("Name")
+        if name:
+            packages[name.lower()] = dist.version
+    out: dict[str, Any] = {"packages": dict(sorted(packages.items()))}
+    lock = Path(__file__).resolve().parent.parent / "requirements.lock"
+    if lock.is_file():
+        out["lock_sha256"] = hashlib.sha256(lock.read_bytes()).hexdigest()
+        wanted = {}
+        for line in lock.read_text().splitlines():
+            if "==" in line and not line.startswith("#"):
+                k, v = line.split("==", 1)
+                wanted[k.strip().lower().replace("_", "-")] = v.strip()
+        have = {k.replace("_", "-"): v for k, v in packages.items()}
+        out["differs_from_lock"] = {
+            k: {"lock": v, "installed": have.get(k, "not installed")}
+            for k, v in sorted(wanted.items())
+            if have.get(k) != v
+        }
+    build = Path(sys.prefix) / "llama-cpp-build.json"
+    if build.is_file():
+        try:
+            info = json.loads(build.read_text())
+            out["llama_cpp_build"] = {
+                "tier": info.get("tier"),
+                "cmake_args": info.get("cmake_args"),
+                "system_info": (info.get("selftest") or {}).get("system_info"),
+            }
+        except (OSError, ValueError):
+            pass
     return out
 
 

@@ -296,6 +296,28 @@ def render_card(run: Path) -> str:
     L += [f"| **total** | **{timings.get('total_s', 0):.1f}** |", ""]
     ver = env.get("versions", {})
     L += ["## Framework versions", "", ", ".join(f"{k} {v}" for k, v in ver.items()), ""]
+    stack = env.get("installed", {})
+    build = stack.get("llama_cpp_build")
+    if build:
+        L += [
+            f"llama.cpp build: CPU tier `{build.get('tier')}` "
+            f"(`{' '.join(build.get('cmake_args') or [])}`); llama.cpp reports: "
+            f"`{build.get('system_info')}`.",
+            "",
+        ]
+    if "lock_sha256" in stack:
+        drift = stack.get("differs_from_lock") or {}
+        what = (
+            "every locked package at its locked version"
+            if not drift
+            else f"{len(drift)} package(s) differ from the lock: "
+            + ", ".join(f"{k} {v['installed']} (lock {v['lock']})" for k, v in drift.items())
+        )
+        L += [
+            f"Installed against `requirements.lock` (sha256 {stack['lock_sha256'][:12]}): "
+            f"{what}; full list in `env.json`.",
+            "",
+        ]
 
     meta = _load(run, "adapter/specialize.json") or {}
     L += [
@@ -311,8 +333,20 @@ def render_card(run: Path) -> str:
         folder, gguf = str(Path(files).parent), Path(files).name
         L += [
             f'base = AutoModelForCausalLM.from_pretrained("{folder}", gguf_file="{gguf}")',
-            f'tok = AutoTokenizer.from_pretrained("{folder}", gguf_file="{gguf}")',
         ]
+        if (run / "merged" / "tokenizer.json").is_file():
+            # transformers' GGUF loader drops the file's pre-tokenizer (e.g. SmolLM2's digit
+            # splitting); the merged folder's tokenizer.json is the one training used.
+            L += [
+                "# the tokenizer training used (transformers' GGUF loader drops its "
+                "pre-tokenizer):",
+                'tok = AutoTokenizer.from_pretrained("merged")',
+            ]
+        else:
+            L += [
+                "# or specialize.models.load.load_tokenizer, which restores its pre-tokenizer",
+                f'tok = AutoTokenizer.from_pretrained("{folder}", gguf_file="{gguf}")',
+            ]
     else:
         L += [
             f'base = AutoModelForCausalLM.from_pretrained("{files}")',

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from specialize.io import sha256_file, write_json
-from specialize.runinfo import versions
+from specialize.runinfo import installed_stack, versions
 
 STAGE_OF = {
     "config.yaml": "config",
@@ -38,6 +38,11 @@ def write_manifest(run_dir: Path, inputs: dict[str, Any]) -> dict[str, Any]:
                 "stage": STAGE_OF.get(rel.split("/", 1)[0], "other"),
             }
         )
-    manifest = {"artifacts": artifacts, "inputs": inputs, "versions": versions()}
+    manifest = {
+        "artifacts": artifacts,
+        "inputs": inputs,
+        "versions": versions(),
+        "installed": installed_stack(),
+    }
     write_json(run_dir / "manifest.json", manifest)
     return manifest
