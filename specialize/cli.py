@@ -42,7 +42,11 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise SpecializeError(f"--set needs KEY=VALUE, got '{pair}'", field="--set")
         key, value = pair.split("=", 1)
-        out[key] = yaml.safe_load(value)
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or "not valid YAML"
+            raise SpecializeError(f"--set {key}: {problem} in '{value}'", field="--set") from None
     return out
 
 

@@ -324,3 +324,9 @@ def test_gguf_plan_says_why_an_architecture_cannot_be_exported(caplog):
     from specialize.export.gguf import arch_spec
 
     assert arch_spec(from_gguf)[0] == "LlamaForCausalLM"
+
+
+def test_set_with_malformed_yaml_is_one_line(capsys):
+    assert main(["check", "--set", "train.lr=[{a"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "field '--set'" in err and err.count("\n") == 1

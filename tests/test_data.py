@@ -340,3 +340,18 @@ def test_error_messages_are_printable_one_liners(tmp_path):
         read_records(jsonl(tmp_path / "a.jsonl", [row]))
     msg = str(e.value)
     assert msg.isprintable() and "unknown role 'us\\x00er x'" in msg
+
+
+def test_pin_referenced_takes_a_list_of_ids_and_refuses_other_shapes():
+    recs = [
+        {"id": "a", "messages": conversation("q1", "a1")},
+        {"id": "b", "messages": conversation("q2", "a2")},
+        {"id": "p", "messages": conversation("q3", "a1"), "paraphrase_of": ["a", "b"]},
+    ]
+    cfg = SplitConfig(pin_referenced={"paraphrase_of": "train"}, test=0.9, validation=0.0)
+    splits = assign_splits(recs, cfg)
+    assert {r["id"] for r in splits["train"]} >= {"a", "b"}
+    for bad in ({"x": 1}, [["a"]], 1.5):
+        recs[2]["paraphrase_of"] = bad
+        with pytest.raises(SpecializeError, match="expected a record id"):
+            assign_splits(recs, cfg)

@@ -62,13 +62,21 @@ def assign_splits(records: list[Record], cfg: SplitConfig) -> dict[str, list[Rec
     for fld, split in cfg.pin_referenced.items():
         for r in records:
             ref = r.get(fld)
-            if ref is not None:
-                if ref not in ids:
+            # One id, or a list of ids (a question may paraphrase several facts).
+            refs = ref if isinstance(ref, list) else [] if ref is None else [ref]
+            for one in refs:
+                if not isinstance(one, str | int) or isinstance(one, bool):
                     raise SpecializeError(
-                        f"record '{r['id']}' names '{ref}' in '{fld}', but no record has that id",
+                        f"record '{r['id']}' has a {type(one).__name__} in '{fld}'; expected a "
+                        "record id or a list of record ids",
                         field=fld,
                     )
-                pinned[str(ref)] = split
+                if str(one) not in ids:
+                    raise SpecializeError(
+                        f"record '{r['id']}' names '{one}' in '{fld}', but no record has that id",
+                        field=fld,
+                    )
+                pinned[str(one)] = split
 
     def group_key(r: Record) -> str:
         if cfg.group_by and r.get(cfg.group_by) is not None:
