@@ -237,10 +237,12 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on LoRA weights.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     seed: int = Field(17, description="Seed for LoRA init, dropout and data order.")
-    mixed_precision: Literal["no", "bf16"] = Field(
+    mixed_precision: Literal["no", "bf16", "auto"] = Field(
         "no",
         description="bf16: run forward/backward under bfloat16 autocast (weights, optimizer "
-        "and loss stay float32); about 1.4x faster on CPUs with AVX512-BF16 or AMX.",
+        "and loss stay float32); about 1.4x faster on CPUs with AVX512-BF16 or AMX, and "
+        "~80x slower on CPUs without (emulated). auto: bf16 only where a measured matmul "
+        "says it is faster (CUDA: where supported).",
     )
     packing: bool = Field(
         False,

@@ -140,7 +140,7 @@ def render_card(run: Path) -> str:
                 else f"{tr['warmup_ratio']:.0%} of steps"
             ),
         ),
-        ("mixed precision", tr.get("mixed_precision", "no")),
+        ("mixed precision", _precision(tr, hist)),
         ("packing", "yes" if cfg.get("mode") == "cpt" or tr.get("packing") else "no"),
         (
             "DoRA / rsLoRA / QLoRA",
@@ -493,3 +493,12 @@ def write_card(run: Path) -> Path:
     out = run / "MODEL_CARD.md"
     write_text(out, render_card(run))
     return out
+
+
+def _precision(train_cfg: dict[str, Any], history: dict[str, Any]) -> str:
+    """What the config asked for and, for ``auto``, what the run measured and used."""
+    used = history.get("mixed_precision") or {}
+    asked = train_cfg.get("mixed_precision", "no")
+    if not used or asked == "no":
+        return str(asked)
+    return f"{asked} -> {used.get('used')} ({used.get('why')})"

@@ -32,6 +32,7 @@ from specialize.train.checkpoint import (
     trainable_state,
 )
 from specialize.train.loss import MaskedCausalLMLoss, evaluate_loss
+from specialize.train.precision import resolve as resolve_precision
 
 log = logging.getLogger("specialize")
 
@@ -60,6 +61,7 @@ class TrainState:
     history: dict[str, Any] = field(default_factory=lambda: {"train": [], "validation": []})
     checkpoint_dir: Path | None = None
     fingerprint: str = ""
+    precision: dict[str, str] = field(default_factory=dict)  # requested, used, why
 
 
 def make_scheduler(optimizer: Any, cfg: TrainConfig, total: int) -> Any:
@@ -103,9 +105,10 @@ def setup(
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state()
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision
-    )
+    precision = resolve_precision(cfg.mixed_precision)
+    if precision.requested != "no":
+        log.info("mixed precision: %s (%s)", precision.used, precision.why)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision.used)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -122,7 +125,7 @@ def setup(
         {k: v.to(accelerator.device) for k, v in collate(b, pad_id).items()}
         for b in length_grouped_batches(val_examples, eval_batch_size, 0, shuffle=False)
     ]
-    return TrainState(
+    state = TrainState(
         cfg,
         accelerator,
         model,
@@ -136,7 +139,9 @@ def setup(
         steps_per_epoch,
         checkpoint_dir=checkpoint_dir,
         fingerprint=fingerprint,
+        precision=precision.as_dict(),
     )
+    return state
 
 
 def resume(state: TrainState) -> bool:
@@ -373,6 +378,7 @@ def fit(state: TrainState, progress: bool = True) -> dict[str, Any]:
         tokens=tokens_seen,
         # Throughput of the optimizer steps themselves (validation passes excluded).
         tokens_per_s=tokens_seen / state.history["step_s"] if state.history.get("step_s") else 0.0,
+        mixed_precision=state.precision,
     )
     return state.history
 
