@@ -379,9 +379,9 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
                 d["perplexity"]["ci_high"],
             )
 
-        done_merge = stage / "export" / "merge_check.json"
-        if cfg.export.merge and reuse_adapter and _merge_done(stage):
-            check = read_json(done_merge)
+        reused_merge = _merge_done(stage) if cfg.export.merge and reuse_adapter else None
+        if reused_merge is not None:
+            check = reused_merge
             log.info("merged model reused from the interrupted run")
         elif cfg.export.merge:
             with timer.stage("export"):
@@ -572,13 +572,14 @@ def _train(
     return peft_model, history
 
 
-def _merge_done(stage: Path) -> bool:
-    """A merge that finished and passed its check (the check is written after the folder)."""
-    done = stage / "export" / "merge_check.json"
+def _merge_done(stage: Path) -> dict[str, Any] | None:
+    """The check of a merge that finished and passed (written after the folder), else None."""
     try:
-        return (stage / "merged" / "config.json").is_file() and bool(read_json(done)["passed"])
+        check = read_json(stage / "export" / "merge_check.json")
+        done = (stage / "merged" / "config.json").is_file() and bool(check["passed"])
     except (OSError, ValueError, KeyError):
-        return False
+        return None
+    return check if done else None
 
 
 def _save_eval(

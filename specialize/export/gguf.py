@@ -853,12 +853,6 @@ def quantize(
 # ------------------------------------------------------------------------- round-trip checks
 
 
-def render_with_gguf_template(llm: LlamaProcess, messages: Sequence[Message]) -> str:
-    """Render ``messages`` with the GGUF's own ``tokenizer.chat_template`` the way
-    llama-cpp-python does in ``create_chat_completion`` (Jinja2ChatFormatter, its BOS/EOS)."""
-    return llm.render_template(messages)
-
-
 def _hf_prompt_ids(tok: Any, messages: Sequence[Message]) -> tuple[str, list[int]]:
     text = tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
     return text, list(tok(text, add_special_tokens=False)["input_ids"])
@@ -910,7 +904,7 @@ def _check_template(
     rows = []
     for conv in conversations:
         hf_text, hf_ids = _hf_prompt_ids(hf_tokenizer, conv)
-        text = render_with_gguf_template(llm, conv)
+        text = llm.render_template(conv)  # the GGUF's own template, as llama-cpp-python does
         ids = list(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
         rows.append(
             {
@@ -994,12 +988,25 @@ def check_logits(
     >= ``min_top1`` (use it for F32/F16; for quantized files read the numbers).
     ``reference`` is a cache of HF logits by ids, shared when several GGUFs are checked.
     """
-    import torch
-
-    llm = open_llama(
+    with open_llama(
         gguf_path, n_ctx=n_ctx, logits_all=True, n_threads=n_threads, kv_f32=kv_f32,
         purpose="checking the logits of",
-    )  # fmt: skip
+    ) as llm:  # fmt: skip
+        return _check_logits(llm, hf_model, gguf_path, texts, n_ctx, min_top1, kv_f32, reference)
+
+
+def _check_logits(
+    llm: LlamaProcess,
+    hf_model: Any,
+    gguf_path: str | Path,
+    texts: Sequence[str] | Sequence[Sequence[int]],
+    n_ctx: int,
+    min_top1: float,
+    kv_f32: bool,
+    reference: dict[tuple[int, ...], np.ndarray] | None,
+) -> dict[str, Any]:
+    import torch
+
     agree = total = 0
     kls: list[np.ndarray] = []
     nll_hf: list[np.ndarray] = []
@@ -1037,7 +1044,6 @@ def check_logits(
         nll_gguf.append(-lq[pos, nxt])
         max_diff = max(max_diff, float(np.abs(ref - ours).max()))
         max_logit = max(max_logit, float(np.abs(ref).max()))
-    llm.close()
     kl = np.concatenate(kls) if kls else np.zeros(0)
     top1 = agree / total if total else 0.0
     a = np.concatenate(nll_hf) if nll_hf else np.zeros(0)
@@ -1115,11 +1121,12 @@ def check_answers(
     """
     if reference is None:
         reference = hf_greedy_answers(hf_model, tokenizer, prompts, max_new_tokens)
-    llm = open_llama(gguf_path, n_ctx=n_ctx, kv_f32=kv_f32, purpose="checking the answers of")
+    purpose = "checking the answers of"
+    with open_llama(gguf_path, n_ctx=n_ctx, kv_f32=kv_f32, purpose=purpose) as llm:
+        ours_all = [llm.greedy(ref["prompt_ids"], max_new_tokens) for ref in reference]
     rows = []
-    for ref in reference:
+    for ref, (ours, stopped) in zip(reference, ours_all, strict=True):
         gen = ref["ids"]
-        ours, stopped = llm.greedy(ref["prompt_ids"], max_new_tokens)
         parts = next(
             (i for i, (a, b) in enumerate(zip(gen, ours, strict=False)) if a != b),
             None if len(gen) == len(ours) else min(len(gen), len(ours)),
@@ -1134,7 +1141,6 @@ def check_answers(
                 "gguf_stopped": stopped,
             }
         )
-    llm.close()
     same = sum(r["identical"] for r in rows)
     return {
         "prompts": len(rows),

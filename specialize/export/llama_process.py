@@ -101,6 +101,7 @@ class LlamaProcess:
         if not self.path.is_file():
             raise SpecializeError("GGUF file not found", path=self.path)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._eog: frozenset[int] | None = None
         self._stderr = tempfile.TemporaryFile()
         self._start()
         self.info: dict[str, Any] = self._call(
@@ -196,11 +197,14 @@ class LlamaProcess:
     def token_eos(self) -> int:
         return int(self.info["eos"])
 
-    def eog_tokens(self) -> list[int]:
-        return list(self.info["eog"])
+    def eog_tokens(self) -> frozenset[int]:
+        """Every end-of-generation id; a scan of the vocabulary, so asked once, when needed."""
+        if self._eog is None:
+            self._eog = frozenset(self._call("eog_tokens"))
+        return self._eog
 
     def is_eog(self, token: int) -> bool:
-        return int(token) in set(self.info["eog"])
+        return int(token) in self.eog_tokens()
 
     def tokenize(self, data: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
         return self._call("tokenize", data, add_bos, special)
@@ -256,6 +260,7 @@ class _OneShot(LlamaProcess):
         self.path = Path(path)
         self.purpose = purpose
         self._proc = None
+        self._eog = None
         self._stderr = tempfile.TemporaryFile()
         self._start()
         self.info = {}
@@ -292,17 +297,17 @@ class _Child:
             )  # fmt: skip
         except ValueError as err:
             raise _UserError(f"llama.cpp cannot load this GGUF: {err}") from None
-        vocab = lc.llama_model_get_vocab(self.llm.model)
-        n_vocab = self.llm.n_vocab()
-        eog = [t for t in range(n_vocab) if lc.llama_vocab_is_eog(vocab, t)]
         return {
-            "n_vocab": n_vocab,
+            "n_vocab": self.llm.n_vocab(),
             "bos": self.llm.token_bos(),
             "eos": self.llm.token_eos(),
-            "eog": eog,
             "metadata": dict(self.llm.metadata),
             "n_threads": threads,
         }
+
+    def op_eog_tokens(self) -> list[int]:
+        vocab = self.lc.llama_model_get_vocab(self.llm.model)
+        return [t for t in range(self.llm.n_vocab()) if self.lc.llama_vocab_is_eog(vocab, t)]
 
     def op_tokenize(self, data: bytes, add_bos: bool, special: bool) -> list[int]:
         return list(self.llm.tokenize(data, add_bos=add_bos, special=special))

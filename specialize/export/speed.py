@@ -91,12 +91,7 @@ def gguf_tokens_per_s(
 
     threads = n_threads or cpu_threads()
     n_ctx = max(len(p) for p in prompts) + new_tokens + 8
-    llm = open_llama(gguf_path, n_ctx=n_ctx, n_threads=threads, purpose="timing")
-
-    def once(prompt: list[int], n: int) -> float:
+    with open_llama(gguf_path, n_ctx=n_ctx, n_threads=threads, purpose="timing") as llm:
         # Timed inside the llama.cpp child: one round trip per measurement, not per token.
-        return llm.timed_generate(prompt, n)
-
-    times = _timed(once, prompts, new_tokens, repeats)
-    llm.close()
+        times = _timed(llm.timed_generate, prompts, new_tokens, repeats)
     return _summary(times, new_tokens, "llama.cpp", file=Path(gguf_path).name, threads=threads)
