@@ -1,0 +1,1 @@
+"""The inference layer: one request/result contract over local, GGUF and HTTP backends."""
