@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from specialize.errors import SpecializeError
-from specialize.export.llama_process import NativeCrash
+from specialize.infer.llama_process import NativeCrash
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "space" / "config.yaml"
 

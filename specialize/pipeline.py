@@ -26,7 +26,7 @@ from specialize.data.leakage import find_document_leaks, find_leaks, leak_report
 from specialize.data.read import data_files, read_documents, read_records
 from specialize.data.split import assign_splits, split_hash
 from specialize.errors import SpecializeError
-from specialize.export.llama_process import NativeCrash
+from specialize.infer.llama_process import NativeCrash
 from specialize.io import read_json, read_jsonl, sha256_file, write_json, write_jsonl, write_text
 from specialize.models.chat import check_format, render_prompt
 from specialize.models.load import is_tied, load_model, load_tokenizer, resolve

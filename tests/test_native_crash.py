@@ -1,6 +1,6 @@
 """A crash inside llama.cpp (SIGSEGV, SIGKILL) is one line and a resumable run, never a lost one.
 
-llama.cpp runs in a child process (:mod:`specialize.export.llama_process`); the
+llama.cpp runs in a child process (:mod:`specialize.infer.llama_process`); the
 ``SPECIALIZE_LLAMA_CRASH`` hook makes that child kill itself when it opens a chosen file for
 a chosen purpose, which is how a kernel that does not fit the CPU dies in real life.
 """
@@ -17,7 +17,7 @@ from conftest import write_tiny_config, write_tiny_data
 
 from specialize.cli import main
 from specialize.errors import SpecializeError
-from specialize.export.llama_process import CRASH_ENV, LlamaProcess, NativeCrash
+from specialize.infer.llama_process import CRASH_ENV, LlamaProcess, NativeCrash
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None,

@@ -46,7 +46,7 @@ import numpy as np
 
 from specialize.errors import SpecializeError
 from specialize.evaluate.backends import Generation, Message, cut_at_stop
-from specialize.export.llama_process import LlamaProcess, quantize_in_child
+from specialize.infer.llama_process import LlamaProcess, quantize_in_child
 from specialize.io import atomic_path, read_json
 
 LLAMA_CPP_PIP = "make setup (scripts/install_llama_cpp.py: llama-cpp-python 0.3.36, checked flags)"

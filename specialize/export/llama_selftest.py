@@ -55,7 +55,7 @@ def _bundled_q4_1() -> Path | None:
 def run_selftest() -> dict[str, Any]:
     """Decode F16, Q8_0, Q4_K_M (and the bundled Q4_1) with logits_all; raise on failure."""
     from specialize.export.gguf import convert_to_gguf, quantize
-    from specialize.export.llama_process import LlamaProcess, system_info_in_child
+    from specialize.infer.llama_process import LlamaProcess, system_info_in_child
 
     t0 = time.perf_counter()
     report: dict[str, Any] = {"system_info": system_info_in_child(), "files": {}}

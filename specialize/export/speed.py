@@ -12,20 +12,15 @@ one process.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from specialize.infer.llama_process import LlamaProcess, cpu_threads
 
-def cpu_threads() -> int:
-    """Cores this process may use (llama-cpp-python's own default is half the cores)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+__all__ = ["cpu_threads", "gguf_tokens_per_s", "hf_tokens_per_s"]
 
 
 def _summary(times: list[float], new_tokens: int, engine: str, **extra: Any) -> dict[str, Any]:
@@ -87,11 +82,9 @@ def gguf_tokens_per_s(
     n_threads: int | None = None,
 ) -> dict[str, Any]:
     """Greedy tokens/s of a GGUF in llama.cpp (llama-cpp-python's sampler), batch 1."""
-    from specialize.export.gguf import open_llama
-
     threads = n_threads or cpu_threads()
     n_ctx = max(len(p) for p in prompts) + new_tokens + 8
-    with open_llama(gguf_path, n_ctx=n_ctx, n_threads=threads, purpose="timing") as llm:
+    with LlamaProcess(gguf_path, n_ctx=n_ctx, n_threads=threads, purpose="timing") as llm:
         # Timed inside the llama.cpp child: one round trip per measurement, not per token.
         times = _timed(llm.timed_generate, prompts, new_tokens, repeats)
     return _summary(times, new_tokens, "llama.cpp", file=Path(gguf_path).name, threads=threads)

@@ -4,11 +4,13 @@ llama.cpp is C++ with hand-written SIMD kernels chosen by the build's CPU flags;
 does not fit the CPU it runs on (AMX builds on some machines, an AVX-512 build on a CPU
 without it) dies with SIGSEGV or SIGILL, and inside our process that would take a run that
 has trained for an hour with it. Every use of llama.cpp in specialize (quantization, the
-round-trip checks, speed, the quantized evaluation) therefore goes through
-:class:`LlamaProcess`: one ``python -m specialize.export.llama_process`` child per opened
+round-trip checks, speed, the GGUF inference backend) therefore goes through
+:class:`LlamaProcess`: one ``python -m specialize.infer.llama_process`` child per opened
 file, driven over a pipe with a handful of high-level operations (tokenize, logits of a
-sequence, greedy decoding, chat completion, timed generation). Each operation does its loop
-in the child, so the pipe is crossed once per sequence, not once per token.
+sequence, greedy decoding, chat and prompt completion with an optional grammar, timed
+generation). Each operation does its loop in the child, so the pipe is crossed once per
+sequence, not once per token. It lives in the inference layer because inference is its main
+user; export (quantize, checks, speed) sits above and imports it from here.
 
 When the child dies, :class:`NativeCrash` (a :class:`SpecializeError`) names the signal,
 what was being done and the file; the caller keeps everything already finished.
@@ -25,6 +27,7 @@ resumable run.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pickle
 import signal
@@ -39,11 +42,33 @@ from typing import Any, BinaryIO
 from specialize.errors import SpecializeError
 
 CRASH_ENV = "SPECIALIZE_LLAMA_CRASH"
-LLAMA_CPP_PIP = "make setup (builds llama-cpp-python with checked CPU flags)"
+LLAMA_CPP_PIP = "make setup (scripts/install_llama_cpp.py: llama-cpp-python 0.3.36, checked flags)"
 
 
 class NativeCrash(SpecializeError):
     """The llama.cpp child process died (a signal or an abnormal exit)."""
+
+
+def require_llama_cpp() -> None:
+    """The one-line 'not installed' error, checked here so the child never starts without it
+    (found, not imported: the native library is loaded only in the child)."""
+    try:
+        found = importlib.util.find_spec("llama_cpp") is not None
+    except ValueError:  # a half-imported module in sys.modules
+        found = False
+    if not found:
+        raise SpecializeError(
+            f"llama-cpp-python is not installed; install it with: {LLAMA_CPP_PIP}"
+        )
+
+
+def cpu_threads() -> int:
+    """Cores this process may use (llama-cpp-python's own default is half the cores, which on
+    a 2-core machine is one). Standard library only: the child imports it without torch."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 # ------------------------------------------------------------------------------ the protocol
@@ -75,15 +100,53 @@ def _signal_name(code: int) -> str:
     return f"exit code {code}"
 
 
+# ------------------------------------------------------------------------------- grammars
+
+# What a grammar is built from, sent to the child: ("json_schema", schema dict),
+# ("choice", tuple of strings) or ("gbnf", grammar text with a ``root`` rule).
+Grammar = tuple[str, Any]
+
+_SIMPLE_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def gbnf_literal(text: str) -> str:
+    r"""``text`` as a quoted GBNF string literal that matches exactly ``text``.
+
+    llama.cpp's grammar parser reads the escapes ``\\``, ``\"``, ``\n``, ``\r``, ``\t`` and
+    ``\xHH`` inside a literal and takes any other character (UTF-8 included) as itself.
+    llama-cpp-python's own literal escaping (in its JSON-schema converter) leaves backslashes
+    unescaped, so it cannot be reused for arbitrary text.
+    """
+    out = []
+    for ch in text:
+        if ch in _SIMPLE_ESCAPES:
+            out.append(_SIMPLE_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def choice_gbnf(choices: Sequence[str]) -> str:
+    """A GBNF grammar whose language is exactly ``choices`` (then end of generation)."""
+    if not choices or any(not c for c in choices):
+        raise ValueError("a choice grammar needs at least one non-empty choice")
+    return "root ::= " + " | ".join(gbnf_literal(c) for c in choices) + "\n"
+
+
 # --------------------------------------------------------------------------------- the parent
 
 
 class LlamaProcess:
-    """A GGUF file opened by llama.cpp in a child process.
+    """A GGUF file opened by llama.cpp in a child process: the one way specialize opens one.
 
     ``purpose`` says what the file is opened for ("checking", "evaluating", "timing"...):
-    it is part of the error when the child dies. Use as a context manager or call
-    :meth:`close`; a child left behind is ended when this object is collected.
+    it is part of the error when the child dies. ``kv_f32`` keeps the attention cache in F32
+    instead of llama.cpp's default F16, which is what makes an F32 GGUF agree with PyTorch to
+    float32 rounding rather than F16 rounding. ``n_threads`` defaults to every core this
+    process may use. Use as a context manager or call :meth:`close`; a child left behind is
+    ended when this object is collected.
     """
 
     def __init__(
@@ -98,9 +161,10 @@ class LlamaProcess:
     ) -> None:
         self.path = Path(gguf_path)
         self.purpose = purpose
+        self._proc: subprocess.Popen[bytes] | None = None
+        require_llama_cpp()
         if not self.path.is_file():
             raise SpecializeError("GGUF file not found", path=self.path)
-        self._proc: subprocess.Popen[bytes] | None = None
         self._eog: frozenset[int] | None = None
         self._stderr = tempfile.TemporaryFile()
         self._start()
@@ -117,7 +181,7 @@ class LlamaProcess:
 
     def _start(self) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "specialize.export.llama_process"],
+            [sys.executable, "-m", "specialize.infer.llama_process"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
@@ -229,9 +293,20 @@ class LlamaProcess:
         forced: returns (finish_reason, completion_tokens, text)."""
         return self._call("forced_stop", [int(t) for t in prompt], int(marker), list(banned), k)
 
-    def chat(self, messages: Sequence[dict[str, Any]], **kw: Any) -> dict[str, Any]:
-        """``create_chat_completion`` on a fresh context (``reset`` first)."""
-        return self._call("chat", [dict(m) for m in messages], **kw)
+    def chat(
+        self, messages: Sequence[dict[str, Any]], *, grammar: Grammar | None = None, **kw: Any
+    ) -> dict[str, Any]:
+        """``create_chat_completion`` on a fresh context (``reset`` first): ``messages``
+        rendered by the GGUF's own chat template. ``grammar`` (see :data:`Grammar`) constrains
+        the answer; one llama.cpp cannot build is a :class:`SpecializeError`, not a crash."""
+        return self._call("chat", [dict(m) for m in messages], grammar=grammar, **kw)
+
+    def complete(
+        self, prompt: Sequence[int], *, grammar: Grammar | None = None, **kw: Any
+    ) -> dict[str, Any]:
+        """``create_completion`` continuing the token ids ``prompt`` on a fresh context
+        (no chat template), with the same ``grammar`` and sampling options as :meth:`chat`."""
+        return self._call("complete", [int(t) for t in prompt], grammar=grammar, **kw)
 
     def timed_generate(self, prompt: Sequence[int], n: int) -> float:
         """Seconds to prefill ``prompt`` and sample exactly ``n`` greedy tokens."""
@@ -278,6 +353,7 @@ class _Child:
 
         self.lc = llama_cpp
         self.llm: Any = None
+        self._grammars_ok: set[str] = set()
 
     def op_open(self, path: str, *, n_ctx: int, logits_all: bool, n_threads: int | None,
                 kv_f32: bool, purpose: str) -> dict[str, Any]:  # fmt: skip
@@ -286,9 +362,6 @@ class _Child:
         kw: dict[str, Any] = {}
         if kv_f32:
             kw.update(type_k=lc.GGML_TYPE_F32, type_v=lc.GGML_TYPE_F32)
-        from specialize.export.speed import cpu_threads  # stdlib only: no torch here
-
-        # llama-cpp-python's default is half the cores, which on a 2-core machine is one.
         threads = n_threads or cpu_threads()
         try:
             self.llm = lc.Llama(
@@ -377,9 +450,54 @@ class _Child:
         choice = res["choices"][0]
         return choice["finish_reason"], int(res["usage"]["completion_tokens"]), choice["text"]
 
-    def op_chat(self, messages: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
+    def op_chat(
+        self, messages: list[dict[str, Any]], *, grammar: Grammar | None = None, **kw: Any
+    ) -> dict[str, Any]:
+        built = self._grammar(grammar)
         self.llm.reset()
-        return self.llm.create_chat_completion(messages=messages, **kw)
+        return self.llm.create_chat_completion(messages=messages, grammar=built, **kw)
+
+    def op_complete(
+        self, prompt: list[int], *, grammar: Grammar | None = None, **kw: Any
+    ) -> dict[str, Any]:
+        built = self._grammar(grammar)
+        self.llm.reset()
+        return self.llm.create_completion(prompt=prompt, grammar=built, **kw)
+
+    def _grammar(self, spec: Grammar | None) -> Any:
+        """A ``LlamaGrammar`` for ``spec``, proven parseable by llama.cpp first: llama-cpp-python
+        hands the text to ``llama_sampler_init_grammar`` unchecked and adds whatever comes back
+        to the sampler chain, so a grammar it cannot parse (NULL) would crash the child, and a
+        JSON schema its converter rejects would silently become "any JSON"."""
+        if spec is None:
+            return None
+        from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+
+        kind, arg = spec
+        if kind == "json_schema":
+            import json
+
+            try:
+                text = json_schema_to_gbnf(json.dumps(arg))
+            except Exception as err:  # noqa: BLE001 - AssertionError, KeyError, TypeError...
+                why = " ".join(str(err).split())[:200] or type(err).__name__
+                raise _UserError(
+                    f"llama.cpp cannot turn this JSON schema into a grammar: {why}"
+                ) from None
+        elif kind == "choice":
+            text = choice_gbnf(arg)
+        elif kind == "gbnf":
+            text = str(arg)
+        else:
+            raise _UserError(f"unknown grammar kind {kind!r}")
+        if text not in self._grammars_ok:
+            vocab = self.lc.llama_model_get_vocab(self.llm.model)
+            sampler = self.lc.llama_sampler_init_grammar(vocab, text.encode("utf-8"), b"root")
+            if not sampler:
+                raise _UserError(f"llama.cpp cannot parse the {kind} grammar (GBNF)")
+            self.lc.llama_sampler_free(sampler)
+            self._grammars_ok.add(text)
+        return LlamaGrammar.from_string(text)
 
     def op_timed_generate(self, prompt: list[int], n: int) -> float:
         import time
