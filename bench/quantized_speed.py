@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from specialize.evaluate.evaluation import compare_variants, evaluate_variant
     from specialize.export.gguf import GGUFBackend
-    from specialize.export.speed import cpu_threads, gguf_tokens_per_s, hf_tokens_per_s
+    from specialize.export.speed import gguf_tokens_per_s, hf_tokens_per_s
+    from specialize.infer.llama_process import cpu_threads
     from specialize.io import read_jsonl
     from specialize.models.chat import render_prompt
     from specialize.runinfo import hardware, installed_stack
