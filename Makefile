@@ -34,8 +34,11 @@ run: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
+# Style, formatting, and the layer order of ../shared/DESIGN.md ([tool.importlinter] in pyproject).
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 # Re-resolve every dependency within pyproject's ranges in a scratch venv and rewrite the lock.
 lock:
