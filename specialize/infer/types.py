@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypedDict, runtime_checkable
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from specialize.errors import SpecializeError
 
@@ -90,7 +90,8 @@ class Constraint:
         try:
             schema = TypeAdapter(python_type).json_schema()
         except Exception as err:  # noqa: BLE001 - pydantic raises several error types here
-            raise SpecializeError(f"cannot build a JSON schema for {python_type!r}: {err}") from None
+            msg = f"cannot build a JSON schema for {python_type!r}: {err}"
+            raise SpecializeError(msg) from None
         label = name or getattr(python_type, "__name__", None) or "answer"
         return cls("json_schema", schema=schema, python_type=python_type, name=_safe_name(label))
 
@@ -286,7 +287,7 @@ def checked(result: Result, request: Request) -> Result:
     answer that was cut by ``max_new_tokens`` or does not validate is ``invalid``, never valid.
     """
     c = request.constraint
-    if c is None or result.error is not None:
+    if c is None or result.error is not None or result.invalid is not None:
         return result
     try:
         result.value, result.invalid = c.validate(result.text), None
