@@ -11,16 +11,25 @@ give anything but a config or one :class:`SpecializeError` line.
 from __future__ import annotations
 
 import difflib
+import re
+import string
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from specialize.errors import SpecializeError
-from specialize.evaluate.ablations import AblationConfig
 from specialize.io import read_text
 
 SplitName = Literal["train", "validation", "test"]
@@ -251,6 +260,144 @@ class TrainConfig(Section):
     )
     eval_every: int = Field(25, gt=0, description="Optimizer steps between validation-loss passes.")
     log_every: int = Field(5, gt=0, description="Optimizer steps between training-loss logs.")
+
+
+# ------------------------------------------------------------------------------- ablations
+# The ablation study's settings live here, with the rest of the config; the conditions
+# themselves are built by specialize.evaluate.ablations.
+
+AblationKind = Literal["full", "drop", "noise", "conflict"]
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def template_placeholders(template: str) -> list[str]:
+    """Field names the template references, in first-use order; ValueError when malformed.
+
+    Only plain ``{name}`` placeholders are allowed: positional ``{}``/``{0}``, attribute or
+    index access (``{a.b}``, ``{a[0]}``), conversions and format specs would make rendering
+    depend on ``str.format`` semantics that a field value must never trigger. ``{{`` and
+    ``}}`` are literal braces.
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise ValueError(f"template is not a valid format string ({e})") from None
+    names: list[str] = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not _FIELD_NAME.match(name):
+            raise ValueError(
+                f"template placeholder '{{{name}}}' is not a plain field name "
+                "(use {name} with letters, digits and underscores; '{{' for a literal brace)"
+            )
+        if spec or conversion:
+            raise ValueError(
+                f"template placeholder '{{{name}}}' has a conversion or format spec; "
+                "only plain {name} placeholders are supported"
+            )
+        if name not in names:
+            names.append(name)
+    return names
+
+
+class AblationCondition(BaseModel):
+    """One evaluation condition: the full input, or one field dropped, noised or conflicting."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Condition name (a file name).")
+    drop: str | None = Field(None, description="Field removed from the prompt (its lines go).")
+    noise: str | None = Field(None, description="Field replaced by seeded in-domain word noise.")
+    conflict: str | None = Field(
+        None, description="Field swapped with the value of a record of another class."
+    )
+    class_field: str = Field("label", description="conflict: record key holding the class.")
+    seed: int = Field(0, description="Seed for noise words and conflict donors.")
+
+    @model_validator(mode="after")
+    def _at_most_one_kind(self) -> AblationCondition:
+        set_kinds = [k for k in ("drop", "noise", "conflict") if getattr(self, k) is not None]
+        if len(set_kinds) > 1:
+            raise ValueError(
+                f"condition '{self.name}' sets {' and '.join(set_kinds)}; give at most one of "
+                "drop, noise, conflict (none for the full condition)"
+            )
+        return self
+
+    @property
+    def kind(self) -> AblationKind:
+        """``drop``, ``noise``, ``conflict``, or ``full`` when no field is ablated."""
+        for k in ("drop", "noise", "conflict"):
+            if getattr(self, k) is not None:
+                return k  # type: ignore[return-value]
+        return "full"
+
+    @property
+    def field(self) -> str | None:
+        """The ablated field, None for the full condition."""
+        kind = self.kind
+        return None if kind == "full" else getattr(self, kind)
+
+
+class AblationConfig(BaseModel):
+    """The ablation study of an evaluation: a prompt template and the conditions to run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    template: str = Field(description="User message with {field} placeholders, one per line.")
+    conditions: list[AblationCondition] = Field(
+        description="Conditions in order; the first must be the full one (deltas are vs it)."
+    )
+    keep_system: bool = Field(True, description="Keep the records' system messages.")
+
+    @field_validator("template")
+    @classmethod
+    def _template_parses(cls, v: str) -> str:
+        if not template_placeholders(v):
+            raise ValueError("template has no {field} placeholders, so nothing can be ablated")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AblationConfig:
+        if not self.conditions:
+            raise ValueError("conditions is empty; give at least the full condition")
+        names = [c.name for c in self.conditions]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"condition names must be unique; repeated: {', '.join(dupes)}")
+        if self.conditions[0].kind != "full":
+            raise ValueError(
+                f"the first condition ('{self.conditions[0].name}') must be the full one "
+                "(no drop/noise/conflict): every delta is measured against it"
+            )
+        placeholders = template_placeholders(self.template)
+        for c in self.conditions:
+            if c.field is not None and c.field not in placeholders:
+                raise ValueError(
+                    f"condition '{c.name}' ablates '{c.field}', which the template does not "
+                    f"use (template fields: {', '.join(placeholders)}); it would change nothing"
+                )
+        return self
+
+
+def load_ablation_config(data: Mapping[str, Any], field: str = "eval.ablations") -> AblationConfig:
+    """An :class:`AblationConfig` from plain data, with errors as one-line SpecializeErrors.
+
+    Pydantic's multi-line ``ValidationError`` is for developers; a user who mistyped a config
+    gets the first problem and where it is (``eval.ablations.conditions.1.drop``).
+    """
+    try:
+        return AblationConfig.model_validate(dict(data))
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join([field, *(str(x) for x in first["loc"])])
+        msg = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "missing":
+            msg = "required field is missing"
+        elif first["type"] == "extra_forbidden":
+            msg = "unknown key"
+        raise SpecializeError(msg, field=where) from None
 
 
 class EvalConfig(Section):

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from specialize.data.read import Record
-from specialize.evaluate.metrics import normalize_answer
+from specialize.data.text import normalize_answer
 
 
 @dataclass(frozen=True)

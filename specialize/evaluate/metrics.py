@@ -9,22 +9,26 @@ from __future__ import annotations
 
 import math
 import re
-import string
 from collections import Counter
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
-_PUNCT = set(string.punctuation)
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
+from specialize.data.text import normalize_answer
 
-
-def normalize_answer(text: str) -> str:
-    """SQuAD v1.1 normalisation: lower, no punctuation, no articles, single spaces."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in _PUNCT)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
+# Per-record numeric metrics that are averaged per variant and compared between variants, in
+# the order reports show them.
+METRICS = (
+    "exact_match",
+    "f1",
+    "bertscore_f1",
+    "accuracy",
+    "loglik_accuracy",
+    "judge_correctness",
+    "judge_faithfulness",
+    "judge_relevance",
+    "judge_completeness",
+)
 
 
 def exact_match(prediction: str, reference: str) -> float:
