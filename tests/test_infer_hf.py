@@ -1,0 +1,218 @@
+"""The local HF backend: constraints inside batches, adapters by name, a queue fed while a
+batch runs, streaming, and retried/counted invalid answers. Tiny models, float32."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from pydantic import BaseModel, Field
+
+from specialize.infer.hf import HFBackend
+from specialize.infer.structured import generate_checked
+from specialize.infer.types import Constraint, Counts, Request, Result, Sampling
+
+QUESTIONS = [
+    "What is LEO?",
+    "Name the first artificial satellite launched into orbit around the Earth.",
+    "Why?",
+    "Which rocket carried Apollo 11, and how many stages did it have?",
+    "Define apogee.",
+    "Delta-v?",
+]
+
+
+class Item(BaseModel):
+    kind: str = Field(pattern="^(a|b|c)$")
+    words: list[str] = Field(min_length=1, max_length=2)
+
+
+@pytest.fixture(scope="module")
+def model(chatml_tok):
+    from specialize.models.tiny import build_llama
+
+    return build_llama(chatml_tok, tie=False).eval()
+
+
+def ask(q: str, **kw) -> Request:
+    return Request(messages=[{"role": "user", "content": q}], **kw)
+
+
+def texts(results: list[Result]) -> list[str]:
+    assert all(r.error is None for r in results), [r.error for r in results]
+    return [r.text for r in results]
+
+
+def test_constrained_row_leaves_its_batch_mates_alone(model, chatml_tok):
+    plain = [ask(q, max_new_tokens=10) for q in QUESTIONS]
+    with HFBackend(model, chatml_tok, "chatml", batch_size=8) as hf:
+        alone = texts(hf.generate(plain, progress=False))
+        c = Constraint.choice(["yes", "no"])
+        mixed = plain[:3] + [ask("Is it?", max_new_tokens=10, constraint=c)] + plain[3:]
+        got = hf.generate(mixed, progress=False)
+    assert texts(got[:3] + got[4:]) == alone
+    assert got[3].value in ("yes", "no") and got[3].ok
+    assert len(set(alone)) > 1
+
+
+def test_nested_schema_is_always_valid_on_a_random_model(model, chatml_tok):
+    c = Constraint.of(list[Item])
+    reqs = [ask(q, max_new_tokens=120, constraint=c) for q in QUESTIONS]
+    counts = Counts()
+    with HFBackend(model, chatml_tok, "chatml", batch_size=4) as hf:
+        res = generate_checked(hf, reqs, counts=counts, progress=False)
+    for r in res:
+        if r.ok:
+            assert all(isinstance(x, Item) for x in r.value)
+    assert counts.valid + counts.invalid == len(reqs) and counts.errors == 0
+    # invalid only when cut by the token budget, never a wrong object
+    assert all(r.ok or "max_new_tokens" in (r.invalid or "") for r in res)
+
+
+def test_adapters_by_name_match_merged_models(model, chatml_tok, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from specialize.infer.engine import Ticket
+    from specialize.models.chat import render_prompt
+
+    merged = {}
+    for seed, name in ((1, "a"), (2, "b")):
+        torch.manual_seed(seed)
+        base = type(model)(model.config)
+        base.load_state_dict(model.state_dict())
+        peft = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+        for n, p in peft.named_parameters():
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.5)
+        peft.save_pretrained(tmp_path / name)
+        merged[name] = peft.merge_and_unload().eval()
+    fresh = type(model)(model.config)
+    fresh.load_state_dict(model.state_dict())
+    hf = HFBackend(
+        fresh.eval(), chatml_tok, "chatml", adapters={"a": tmp_path / "a", "b": tmp_path / "b"}
+    )
+    assert hf.adapters == ("a", "b")
+    picks = ["a", "b", "base", "a"]
+    reqs = [ask(q, adapter=p) for q, p in zip(QUESTIONS, picks, strict=False)]
+    tickets = [
+        Ticket(r, render_prompt(r.messages, chatml_tok, "chatml"), i, False)
+        for i, r in enumerate(reqs)
+    ]
+    with torch.inference_mode():
+        batch = hf.engine._prefill_groups(tickets)
+        for row, logits in zip(batch.rows, batch.logits, strict=True):
+            ref = merged.get(row.request.adapter, model)
+            ids = torch.tensor([row.ticket.prompt])
+            want = ref(input_ids=ids).logits[0, -1]
+            torch.testing.assert_close(logits, want, atol=1e-4, rtol=1e-4)
+    # and end to end: greedy answers on adapter "b" equal the merged model's
+    with HFBackend(merged["b"], chatml_tok, "chatml") as ref_backend:
+        want = texts(
+            ref_backend.generate([ask(q, max_new_tokens=8) for q in QUESTIONS], progress=False)
+        )
+    got = texts(
+        hf.generate([ask(q, max_new_tokens=8, adapter="b") for q in QUESTIONS], progress=False)
+    )
+    hf.close()
+    assert got == want
+
+
+def test_request_submitted_while_a_batch_runs_matches_alone(model, chatml_tok):
+    late = ask("Which rocket carried Apollo 11?", max_new_tokens=12)
+    with HFBackend(model, chatml_tok, "chatml", batch_size=8) as hf:
+        alone = hf.generate([late], progress=False)[0].text
+        started = threading.Event()
+
+        def first(i: int, r: Result) -> None:
+            started.set()
+
+        long_reqs = [ask(q, max_new_tokens=40) for q in QUESTIONS]
+        worker = threading.Thread(
+            target=lambda: hf.generate(long_reqs, progress=False, on_result=first)
+        )
+        worker.start()
+        time.sleep(0.05)
+        ticket = hf.submit(late, stream=False)
+        got = ticket.result(timeout=120).text
+        worker.join()
+    assert got == alone
+
+
+def test_streaming_joins_to_the_same_text(model, chatml_tok):
+    reqs = [ask(q, max_new_tokens=16) for q in QUESTIONS]
+    with HFBackend(model, chatml_tok, "chatml") as hf:
+        plain = texts(hf.generate(reqs, progress=False))
+        for req, want in zip(reqs, plain, strict=True):
+            t = hf.submit(req)
+            pieces = list(t.stream())
+            assert "".join(pieces) == want == t.result().text
+        stopped = ask(QUESTIONS[1], max_new_tokens=16, stop=(plain[1][3:6],))
+        t = hf.submit(stopped)
+        assert "".join(t.stream()) == t.result().text == plain[1][:3].strip()
+
+
+def test_seeded_sampling_depends_on_the_request_not_the_batch(model, chatml_tok):
+    s = Sampling(temperature=1.0, seed=42)
+    r = ask(QUESTIONS[0], max_new_tokens=10, sampling=s)
+    with HFBackend(model, chatml_tok, "chatml", batch_size=8) as hf:
+        alone = hf.generate([r], progress=False)[0].text
+        together = hf.generate([ask(q, max_new_tokens=10) for q in QUESTIONS] + [r], progress=False)
+    assert together[-1].text == alone
+
+
+class _Rambler:
+    """A backend whose answers never validate (a model that ignores the schema)."""
+
+    name = "rambler"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def generate(self, requests, *, progress=True, desc="", on_result=None):
+        from specialize.infer.types import checked
+
+        self.calls += 1
+        out = []
+        for i, r in enumerate(requests):
+            res = checked(Result("sure! here it is", 4, "stop"), r)
+            out.append(res)
+            if on_result:
+                on_result(i, res)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def test_never_valid_is_retried_then_counted_and_the_run_goes_on():
+    b = _Rambler()
+    counts = Counts()
+    c = Constraint.of(list[Item])
+    seen = {}
+    res = generate_checked(
+        b,
+        [ask("x", constraint=c), ask("y")],
+        retries=2,
+        counts=counts,
+        progress=False,
+        on_result=lambda i, r: seen.setdefault(i, r),
+    )
+    assert b.calls == 3 and counts.retries == 2
+    assert res[0].invalid and res[0].value is None and res[0].attempts == 3 and not res[0].ok
+    assert res[1].ok and res[1].text == "sure! here it is"
+    assert counts.invalid == 1 and counts.valid == 0 and counts.invalid_reasons == {"not JSON": 1}
+    assert sorted(seen) == [0, 1]  # every request reported once, with its final result
+
+
+def test_unknown_adapter_and_bad_schema_are_one_line_errors(model, chatml_tok):
+    from specialize.errors import SpecializeError
+
+    with HFBackend(model, chatml_tok, "chatml") as hf:
+        with pytest.raises(SpecializeError, match="unknown adapter 'x'"):
+            hf.generate([ask("q", adapter="x")], progress=False)
+        with pytest.raises(SpecializeError):
+            hf.generate(
+                [ask("q", constraint=Constraint.json_schema({"type": "nonsense"}))], progress=False
+            )
