@@ -5,9 +5,11 @@ is also a source of noise, so this module is strict about what it counts:
 
 * every criterion has a rubric in this file (what 1, 3 and 5 mean), sent with each prompt, so
   scores mean the same thing across runs and judge models;
-* the verdict is JSON; with a backend that supports it, decoding is constrained to
-  :data:`JUDGE_SCHEMA`, otherwise :func:`parse_verdict` extracts it tolerantly from free text;
-* a verdict that is not valid (missing score, out of range, not a number) is counted as
+* the verdict is a pydantic object (:class:`Verdict`), decoded under its JSON schema on every
+  backend (a token mask on the local engine, llama.cpp's grammar, ``response_format`` over
+  HTTP) through :func:`specialize.infer.structured.generate_checked`;
+* a verdict that still does not validate (cut by the token budget, a server that ignored the
+  schema) is asked again with sampling, up to ``retries`` times, then counted as
   *unparseable* and never scored: no default, no clamping, no guessing;
 * backend failures are counted as *errors*, separately from unparseable verdicts;
 * faithfulness is judged only when the record has a context passage (RAG-style data); without
@@ -16,12 +18,14 @@ is also a source of noise, so this module is strict about what it counts:
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from specialize.errors import SpecializeError
+from specialize.infer.structured import generate_checked
+from specialize.infer.types import Backend, Constraint, Counts, Request, Sampling
 
 CRITERIA = ("faithfulness", "correctness", "relevance", "completeness")
 
@@ -61,23 +65,35 @@ RUBRIC: dict[str, tuple[str, dict[int, str]]] = {
     ),
 }
 
-_SCORE = {"type": "integer", "minimum": 1, "maximum": 5}
+Score = Annotated[int, Field(ge=1, le=5)]
 
-# "reason" comes first so constrained decoding (which emits keys in schema order) lets the
-# judge explain before it commits to numbers. Every key is required, as strict mode demands;
-# faithfulness is null when the record has no context.
-JUDGE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "reason": {"type": "string"},
-        "faithfulness": {"anyOf": [_SCORE, {"type": "null"}]},
-        "correctness": _SCORE,
-        "relevance": _SCORE,
-        "completeness": _SCORE,
-    },
-    "required": ["reason", *CRITERIA],
-    "additionalProperties": False,
-}
+
+# ``reason`` comes first so constrained decoding (which emits keys in schema order) lets the
+# judge explain before it commits to numbers; it is bounded so a rambling judge cannot use the
+# whole token budget and leave the scores out. (Docstrings become schema descriptions, so the
+# classes carry one short line each.)
+class Verdict(BaseModel):
+    """Scores 1-5 for an answer to a question with a context passage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(max_length=400)
+    faithfulness: Score
+    correctness: Score
+    relevance: Score
+    completeness: Score
+
+
+class VerdictNoContext(Verdict):
+    """Scores 1-5 for an answer to a question without context (faithfulness null)."""
+
+    faithfulness: None  # type: ignore[assignment]  # required, and null: nothing to be faithful to
+
+
+# The schema a strict server receives; every key required, as OpenAI's strict mode demands.
+JUDGE_SCHEMA: dict[str, Any] = Verdict.model_json_schema()
+_WITH_CONTEXT = Constraint.of(Verdict, name="verdict")
+_WITHOUT_CONTEXT = Constraint.of(VerdictNoContext, name="verdict")
 
 SYSTEM = (
     "You are a strict, impartial grader. You score a candidate answer to a question on each "
@@ -123,135 +139,73 @@ def judge_prompt(
     return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
 
 
-# ---------------------------------------------------------------------------------- parsing
-
-_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
-_DECODER = json.JSONDecoder()
-
-
-def _first_object(text: str) -> dict | None:
-    """The first JSON object in ``text`` (fenced blocks first), or None."""
-    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
-    for chunk in candidates:
-        for start in (m.start() for m in re.finditer(r"\{", chunk)):
-            try:
-                obj, _ = _DECODER.raw_decode(chunk, start)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                return obj
-    return None
-
-
-def _score(value: Any) -> int | None:
-    """An integer 1..5 from an int, an integral float (4.0) or a digit string ("4"); else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    elif isinstance(value, str) and re.fullmatch(r"\s*\d\s*", value):
-        value = int(value)
-    if isinstance(value, int) and 1 <= value <= 5:
-        return value
-    return None
-
-
-def parse_verdict(text: str, require_faithfulness: bool = False) -> dict[str, Any] | None:
-    """``{"faithfulness", "correctness", "relevance", "completeness", "reason"}`` or None.
-
-    Takes the first JSON object in ``text`` (inside a ```json fence or amid prose). The
-    correctness, relevance and completeness scores must each be an integer 1..5; faithfulness
-    may be null or absent (None) unless ``require_faithfulness``, but when present it must be
-    valid too. Anything else returns None: an invalid verdict is counted, never repaired.
-    """
-    obj = _first_object(text or "")
-    if obj is None:
-        return None
-    out: dict[str, Any] = {}
-    for name in CRITERIA[1:]:
-        score = _score(obj.get(name))
-        if score is None:
-            return None
-        out[name] = score
-    faith = obj.get("faithfulness")
-    if faith is None:
-        if require_faithfulness:
-            return None
-        out["faithfulness"] = None
-    else:
-        out["faithfulness"] = _score(faith)
-        if out["faithfulness"] is None:
-            return None
-    reason = obj.get("reason", "")
-    out["reason"] = reason if isinstance(reason, str) else json.dumps(reason)
-    return {k: out[k] for k in (*CRITERIA, "reason")}
-
-
 # ---------------------------------------------------------------------------------- judging
 
 
 def judge(
-    backend: Any,
+    backend: Backend,
     items: Sequence[dict[str, Any]],
     progress: bool = True,
     max_new_tokens: int = 256,
+    retries: int = 2,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score ``items`` (question, prediction, reference, optional context and id) with a judge.
 
     Returns one verdict per item, in order: ``{"id", "scores", "reason", "raw", "error"}``
     where ``scores`` maps each criterion to 1..5 (faithfulness None without a context), or is
-    None when the verdict was unparseable or the backend failed (``error`` says why). The
+    None when the verdict never validated or the backend failed (``error`` says why). The
     summary has ``n``, ``parsed``, ``unparseable``, ``errors``, ``mean`` (per criterion, over
-    parsed verdicts that scored it; None when none did) and ``scored`` (those counts).
-    Decoding is greedy (temperature 0, seed 0) so a rerun gives the same verdicts.
+    parsed verdicts that scored it; None when none did), ``scored`` (those counts), and how
+    the constrained path went: ``retries``, ``fallbacks`` (an endpoint refused the schema) and
+    ``invalid_reasons``. The first try is greedy (temperature 0, seed 0), so a rerun gives the
+    same verdicts.
     """
-    prompts, has_context = [], []
+    requests, has_context = [], []
     for n, item in enumerate(items):
         missing = [k for k in ("question", "prediction", "reference") if k not in item]
         if missing:
             raise SpecializeError(f"judge item {n} has no {', '.join(missing)}")
         ctx = item.get("context")
         has_context.append(bool(isinstance(ctx, str) and ctx.strip()))
-        prompts.append(
-            judge_prompt(
-                str(item["question"]),
-                str(item["prediction"] or ""),
-                str(item["reference"]),
-                ctx if has_context[-1] else None,
+        messages = judge_prompt(
+            str(item["question"]),
+            str(item["prediction"] or ""),
+            str(item["reference"]),
+            ctx if has_context[-1] else None,
+        )
+        requests.append(
+            Request(
+                messages=list(messages),  # type: ignore[arg-type]
+                max_new_tokens=max_new_tokens,
+                sampling=Sampling(0.0, seed=0),
+                constraint=_WITH_CONTEXT if has_context[-1] else _WITHOUT_CONTEXT,
             )
         )
-    schema = JUDGE_SCHEMA if getattr(backend, "supports_json_schema", False) else None
-    gens = backend.generate(
-        prompts,
-        max_new_tokens=max_new_tokens,
-        temperature=0.0,
-        seed=0,
-        json_schema=schema,
-        progress=progress,
-        desc="judge",
+    counts = Counts()
+    results = generate_checked(
+        backend, requests, retries=retries, counts=counts, progress=progress, desc="judge"
     )
-    if len(gens) != len(prompts):
-        raise RuntimeError(f"judge backend returned {len(gens)} answers for {len(prompts)}")
     verdicts: list[dict[str, Any]] = []
-    for n, (item, gen, ctx) in enumerate(zip(items, gens, has_context, strict=True)):
+    for n, (item, res) in enumerate(zip(items, results, strict=True)):
         verdict: dict[str, Any] = {
             "id": item.get("id", n),
             "scores": None,
             "reason": None,
-            "raw": gen.text,
-            "error": gen.error,
+            "raw": res.text,
+            "error": res.error,
         }
-        if gen.error is None:
-            parsed = parse_verdict(gen.text, require_faithfulness=ctx)
-            if parsed is None:
-                verdict["error"] = "unparseable verdict"
-            else:
-                if not ctx:
-                    parsed["faithfulness"] = None  # no passage to be faithful to
-                verdict["reason"] = parsed.pop("reason")
-                verdict["scores"] = parsed
+        if res.ok:
+            scores = res.value.model_dump()
+            verdict["reason"] = scores.pop("reason")
+            verdict["scores"] = {k: scores.get(k) for k in CRITERIA}
+        elif res.invalid is not None:
+            verdict["error"] = f"unparseable verdict: {res.invalid}"
         verdicts.append(verdict)
-    return verdicts, summarize(verdicts, backend_errors=sum(g.error is not None for g in gens))
+    summary = summarize(verdicts, backend_errors=counts.errors)
+    summary.update(
+        retries=counts.retries, fallbacks=counts.fallbacks, invalid_reasons=counts.invalid_reasons
+    )
+    return verdicts, summary
 
 
 def summarize(verdicts: Sequence[dict[str, Any]], backend_errors: int = 0) -> dict[str, Any]:
