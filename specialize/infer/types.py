@@ -120,8 +120,12 @@ class Constraint:
     def validate(self, text: str) -> Any:
         """The checked value of an answer, or :class:`InvalidOutput` saying why not."""
         if self.kind == "choice":
-            if text.strip() in self.choices:
-                return text.strip()
+            if text in self.choices:
+                return text
+            # backends strip answers, so compare stripped (a choice may carry whitespace)
+            found = [c for c in self.choices if c.strip() == text.strip()]
+            if found:
+                return found[0]
             raise InvalidOutput(f"not one of {len(self.choices)} choices: {_short(text)}")
         if self.kind == "regex":
             if re.fullmatch(self.pattern or "", text):
