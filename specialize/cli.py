@@ -62,12 +62,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from specialize.config import load_config
+    from specialize.data.prepare import prepare_data
     from specialize.models.load import load_tokenizer, resolve
-    from specialize.pipeline import _data_stats, prepare_data
 
     cfg = load_config(args.config or default_config(), _overrides(args.set))
     tokenizer = load_tokenizer(resolve(cfg.model.base, cfg._base_dir))
-    stats = _data_stats(prepare_data(cfg, tokenizer), cfg)
+    stats = prepare_data(cfg, tokenizer).stats(cfg)
     print(
         yaml.safe_dump(
             {k: stats[k] for k in ("records", "splits", "leakage", "tokens", "overlength")},
@@ -79,6 +79,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from specialize.evaluate.runner import EvalRequest, run_eval
+    from specialize.report.eval_report import write_eval_report
 
     out = run_eval(
         EvalRequest(
@@ -100,7 +101,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             breakdown_by=args.breakdown_by or [],
         )
     )
-    print(out / "report.md")
+    print(write_eval_report(out))
     return 0
 
 

@@ -15,12 +15,12 @@ from specialize.evaluate.ablations import (
     apply_condition,
     build_conditions,
     check_template,
-    condition_table,
     conflict_following,
     load_ablation_config,
     render_user,
     template_fields,
 )
+from specialize.report.eval_report import condition_table
 
 TEMPLATE = "Sensor: {sensor}\nRegion: {region}\nObservation: {observation}\nClassify the image."
 CLASSES = ["cloud", "fire", "flood"]

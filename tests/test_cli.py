@@ -223,8 +223,8 @@ def test_bad_sequence_longer_than_limit(tmp_path, tiny_llama, capsys):
 
 def test_overlong_truncation_is_counted(tmp_path, tiny_llama):
     from specialize.config import load_config
+    from specialize.data.prepare import prepare_data
     from specialize.models.load import load_tokenizer, resolve
-    from specialize.pipeline import _data_stats, prepare_data
 
     data = write_tiny_data(tmp_path / "data")
     long = {
@@ -240,7 +240,7 @@ def test_overlong_truncation_is_counted(tmp_path, tiny_llama):
         write_tiny_config(tmp_path, tiny_llama, data), {"chat.overlength": "truncate"}
     )
     tok = load_tokenizer(resolve(cfg.model.base))
-    stats = _data_stats(prepare_data(cfg, tok), cfg)
+    stats = prepare_data(cfg, tok).stats(cfg)
     split = next(s for s, c in stats["overlength"].items() if c["truncated"])
     assert stats["overlength"][split]["truncated"] == 1
     assert stats["tokens"][split]["max_len"] == 256

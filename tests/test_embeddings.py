@@ -13,11 +13,11 @@ from specialize.evaluate.embeddings import (
     compare_embeddings,
     evaluate_embeddings,
     mean_pooled_embeddings,
-    plot_similarity,
     retrieval_recall,
     similarity_stats,
 )
 from specialize.models.load import load_model, load_tokenizer, resolve
+from specialize.report.plots import plot_similarity
 
 TEXTS = [
     "A geostationary orbit is about 35,786 km above the equator.",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from specialize.evaluate.evaluation import _loglik_choices, _loglik_full, evaluate_variant
+from specialize.evaluate.scoring import loglik_choices, loglik_full
+from specialize.evaluate.stage import EvalSettings, Variant, evaluate
 from specialize.evaluate.tasks import score_answer
 from specialize.models.chat import render_conversation
 from specialize.models.load import load_model, load_tokenizer, resolve
@@ -47,7 +48,7 @@ def test_first_token_option_scoring_matches_direct_forward(tiny_llama):
     src = resolve(str(tiny_llama))
     model, tok = load_model(src).eval(), load_tokenizer(src)
     records = [_mc(i, "ABCD"[i % 4]) for i in range(5)] + [_tf(i, "True") for i in range(3)]
-    fast = _loglik_choices(model, tok, records, "chatml", 3, "options")
+    fast = loglik_choices(model, tok, records, "chatml", 3, "options")
     for rec in records:
         letters = ["A", "B", "C", "D"] if rec["task"] == "mc" else ["True", "False"]
         scores = []
@@ -66,14 +67,16 @@ def test_first_token_option_scoring_matches_direct_forward(tiny_llama):
             scores.append(float(torch.log_softmax(logits, -1)[ids[n]]))
         assert fast[rec["id"]] == letters[max(range(len(scores)), key=scores.__getitem__)]
     # The whole-answer fallback gives a choice for every record too.
-    assert set(_loglik_full(model, tok, records, "chatml", 4, "full")) == {r["id"] for r in records}
+    assert set(loglik_full(model, tok, records, "chatml", 4, "full")) == {r["id"] for r in records}
 
 
 def test_evaluate_variant_reports_accuracies_and_classes(tiny_llama):
     src = resolve(str(tiny_llama))
     model, tok = load_model(src).eval(), load_tokenizer(src)
     records = [_mc(i, "ABCD"[i % 4]) for i in range(8)]
-    preds, metrics = evaluate_variant(model, tok, records, "chatml", 4, 4, "base", False)
+    settings = EvalSettings(fmt="chatml", max_new_tokens=4, batch_size=4)
+    got = evaluate([Variant("base", model=model, tokenizer=tok)], records, settings, progress=False)
+    preds, metrics = got["base"].predictions, got["base"].metrics
     assert {"accuracy", "loglik_accuracy", "loss", "perplexity"} <= set(metrics)
     rep = metrics["classification"]
     assert rep["n"] == 8 and set(rep["per_class"]) >= {"A", "B", "C", "D"}

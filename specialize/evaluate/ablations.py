@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import math
 import random
 import string
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -54,7 +53,6 @@ __all__ = [
     "apply_condition",
     "build_conditions",
     "check_template",
-    "condition_table",
     "conflict_following",
     "load_ablation_config",
     "render_user",
@@ -436,73 +434,3 @@ def conflict_following(
         "followed_conflict": share(conflict),
         "other": share(other),
     }
-
-
-def _number(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, int | float) or math.isnan(x):
-        return None
-    return float(x)
-
-
-def _metric(metrics: Mapping[str, Any], name: str) -> float | None:
-    """A metric from a condition's summary: top level, ``classification`` or
-    ``conflict_following`` (where :func:`conflict_following`'s result is stored)."""
-    if name == "macro_f1":
-        return _number((metrics.get("classification") or {}).get("macro_f1"))
-    if name in ("followed_evidence", "followed_conflict"):
-        nested = metrics.get("conflict_following") or {}
-        return _number(nested.get(name, metrics.get(name)))
-    return _number(metrics.get(name))
-
-
-def condition_table(per_condition_metrics: Mapping[str, Mapping[str, Any]]) -> str:
-    """A Markdown table of the conditions, with deltas against the first (full) condition.
-
-    One row per condition in the given order. Columns appear only for metrics some condition
-    has: ``n``, ``accuracy`` and ``macro_f1`` (from ``metrics["classification"]``), each with
-    its change vs the first row in percentage points, and ``followed_evidence`` /
-    ``followed_conflict`` (from ``metrics["conflict_following"]`` or the top level) for
-    conflict conditions. Rates are shown in percent; "—" marks a value a condition lacks.
-    Deltas in points, not relative percent, because "accuracy fell 12 points without the
-    observation" is what the protocol is read for and does not swell when the base is small.
-    """
-    if not per_condition_metrics:
-        raise ValueError("no conditions to tabulate")
-    rows = list(per_condition_metrics.items())
-    ref = rows[0][1]
-
-    def has(name: str) -> bool:
-        return any(_metric(m, name) is not None for _, m in rows)
-
-    def pct(x: float | None) -> str:
-        return "—" if x is None else f"{100 * x:.1f}"
-
-    def delta(x: float | None, base: float | None) -> str:
-        return "—" if x is None or base is None else f"{100 * (x - base):+.1f}"
-
-    header = ["condition"]
-    cells: list[list[str]] = [[name.replace("|", "\\|")] for name, _ in rows]
-    if any(_number(m.get("n")) is not None for _, m in rows):
-        header.append("n")
-        for cell, (_, m) in zip(cells, rows, strict=True):
-            n = _number(m.get("n"))
-            cell.append("—" if n is None else str(int(n)))
-    for name in ("accuracy", "macro_f1"):
-        if not has(name):
-            continue
-        header += [f"{name} (%)", f"Δ {name} (pp)"]
-        base = _metric(ref, name)
-        for i, (cell, (_, m)) in enumerate(zip(cells, rows, strict=True)):
-            value = _metric(m, name)
-            cell += [pct(value), "ref" if i == 0 else delta(value, base)]
-    for name in ("followed_evidence", "followed_conflict"):
-        if has(name):
-            header.append(f"{name} (%)")
-            for cell, (_, m) in zip(cells, rows, strict=True):
-                cell.append(pct(_metric(m, name)))
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
-    ]
-    lines += ["| " + " | ".join(cell) + " |" for cell in cells]
-    return "\n".join(lines) + "\n"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,6 @@ import torch
 
 from specialize.errors import SpecializeError
 from specialize.evaluate.compare import paired_bootstrap
-from specialize.io import atomic_path
 
 HIST_BINS = 20
 _QUERY_CHUNK = 1024  # query rows scored at once, so retrieval memory stays O(chunk x docs)
@@ -321,48 +319,10 @@ def compare_embeddings(
     return {"n": len(rb), "deltas": deltas, "similarity": similarity}
 
 
-def plot_similarity(stats_by_variant: dict[str, dict[str, Any]], out: Path) -> None:
-    """Overlaid histograms of pairwise abstract similarity, one line per variant, as a PNG.
-
-    Each variant's histogram has its own bin edges (its observed range), so they are drawn as
-    densities: areas stay comparable even when one model's similarities are squeezed into a
-    much narrower band. The legend carries each variant's anisotropy.
-    """
-    from specialize.report.plots import pyplot
-
-    plt = pyplot()
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    colors = ["#8a8a8a", "#2b7bb9", "#e08a2b", "#3a9e4f", "#b94a8a"]
-    for i, (name, stats) in enumerate(stats_by_variant.items()):
-        edges = np.asarray(stats["bins"], float)
-        counts = np.asarray(stats["counts"], float)
-        widths = np.diff(edges)
-        total = counts.sum()
-        density = np.divide(
-            counts, total * widths, out=np.zeros_like(counts), where=(widths > 0) & (total > 0)
-        )
-        label = f"{name} (anisotropy {stats['anisotropy']:.3f})"
-        color = colors[i % len(colors)]
-        ax.stairs(density, edges, label=label, color=color, lw=1.6, fill=False)
-        ax.stairs(density, edges, color=color, alpha=0.15, fill=True)
-    ax.set_xlabel("cosine similarity between different abstracts")
-    ax.set_ylabel("density")
-    ax.set_title("Pairwise embedding similarity (narrow and near 1 = collapsed)")
-    ax.grid(alpha=0.3)
-    if stats_by_variant:
-        ax.legend()
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-
-
 __all__ = [
     "compare_embeddings",
     "evaluate_embeddings",
     "mean_pooled_embeddings",
-    "plot_similarity",
     "retrieval_recall",
     "similarity_stats",
 ]

@@ -11,22 +11,37 @@ Targets:
 An OpenAI-compatible endpoint adds a variant (``endpoint``) answered by that server, and
 can also act as the LLM judge. Generated answers are saved as they finish under
 ``<out>/.partial/``; a rerun of the same command resumes from them, and they are removed
-once the report is written. Reports: ``report.json`` (metrics + comparison),
-``report.md``, ``side_by_side.jsonl``, ``metrics.png`` and ``<variant>/predictions.jsonl``.
+once the results are written. Files: ``<variant>/predictions.jsonl`` and ``metrics.json``
+(the evaluation stage writes them), ``side_by_side.jsonl`` and ``report.json`` (metrics,
+comparisons, ablations, embeddings); ``report.md`` and the charts are rendered from those by
+:mod:`specialize.report.eval_report` (``specialize eval`` calls both).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from specialize.config import AblationConfig
+from specialize.data.read import Record
 from specialize.errors import SpecializeError
+from specialize.evaluate.ablations import build_conditions, conflict_following
+from specialize.evaluate.compare import (
+    compare_text_variants,
+    compare_variants,
+    quantization_by_condition,
+    side_by_side,
+)
+from specialize.evaluate.stage import EvalResults, EvalSettings, Variant, evaluate
+from specialize.infer.llamacpp import LlamaCppBackend
+from specialize.infer.types import Backend
 from specialize.io import read_json, read_jsonl, write_json, write_jsonl
+from specialize.models.load import load_model, load_tokenizer, resolve
 
 log = logging.getLogger("specialize")
 
@@ -67,7 +82,7 @@ class _Plan:
     bootstrap: int = 2000
     mode: str = "sft"
     run_cfg: dict[str, Any] | None = None
-    ablations: Any = None  # AblationConfig
+    ablations: AblationConfig | None = None
 
 
 def _suite_records(name: str, limit: int | None, seed: int = 0) -> tuple[list, Any]:
@@ -203,10 +218,10 @@ def read_suite_config(path: Path) -> dict[str, Any]:
     return scfg
 
 
-def _ablations(data: Any, where: Path) -> Any:
+def _ablations(data: Any, where: Path) -> AblationConfig | None:
     if not data:
         return None
-    from specialize.evaluate.ablations import load_ablation_config
+    from specialize.config import load_ablation_config
 
     try:
         return load_ablation_config(data)
@@ -227,202 +242,147 @@ def make_bertscorer(enabled: bool, records: list[dict[str, Any]]) -> Any:
 
 
 def run_eval(req: EvalRequest) -> Path:
-    """Evaluate every variant the request names; returns the output folder."""
-    from specialize.evaluate.backends import OpenAIBackend
-    from specialize.evaluate.evaluation import compare_variants, evaluate_variant
-    from specialize.models.load import load_model, load_tokenizer, resolve
+    """Evaluate every variant the request names; returns the output folder.
 
+    Writes each variant's ``<out>/<variant>/`` (through the evaluation stage),
+    ``side_by_side.jsonl`` and ``report.json`` (metrics, comparisons, ablations, embeddings);
+    :func:`specialize.report.eval_report.write_eval_report` renders ``report.md`` and the
+    charts from those files."""
     plan = _plan(req)
     if not plan.records:
         raise SpecializeError("no records to evaluate", path=req.target)
     partial = plan.out / ".partial"
     if req.fresh and partial.exists():
         shutil.rmtree(partial)
-    judge_backend = None
-    if req.judge_url:
-        judge_backend = OpenAIBackend(req.judge_url, req.judge_model or "judge")
-        judge_backend.health_check()
-    endpoint = None
-    if req.endpoint:
-        endpoint = OpenAIBackend(req.endpoint, req.endpoint_model or "model")
-        endpoint.health_check()
-
+    judge_backend, endpoint = _remote_backends(req)
     source = resolve(plan.base_spec, plan.base_dir)
     tokenizer = load_tokenizer(source)
     model = load_model(source, "float32")
+    settings = _settings(plan)
     if plan.mode == "cpt":
-        return _eval_cpt(plan, req, model, tokenizer)
-    scorer = make_bertscorer(req.bertscore, plan.records)
-    preds: dict[str, list[dict[str, Any]]] = {}
-    metrics: dict[str, dict[str, Any]] = {}
-    extra: dict[str, Any] = {}
-
-    conditions = {}
-    if plan.ablations is not None:
-        from specialize.evaluate.ablations import build_conditions
-
-        conditions = build_conditions(plan.records, plan.ablations)
-    ablation: dict[str, Any] = {}
-    cond_preds: dict[str, dict[str, list[dict[str, Any]]]] = {}
-
-    def one(name: str, m: Any, backend: Any = None) -> None:
-        preds[name], metrics[name] = evaluate_variant(
-            m,
-            tokenizer,
-            plan.records,
-            plan.fmt,
-            plan.max_new_tokens,
-            plan.batch_size,
-            name,
-            req.progress,
-            backend=backend,
-            bertscorer=scorer,
-            judge_backend=judge_backend,
-            cache_dir=partial,
-        )
-        _log_variant(name, metrics[name])
-        for cname, (recs, report) in conditions.items():
-            if not recs:
-                log.warning("ablation %s: no records left (%s)", cname, report["skipped"])
-                continue
-            p, met = evaluate_variant(
-                m,
-                tokenizer,
-                recs,
-                plan.fmt,
-                plan.max_new_tokens,
-                plan.batch_size,
-                f"{name}@{cname}",
-                req.progress,
-                backend=backend,
-                bertscorer=scorer,
-                cache_dir=partial,
-            )
-            if report["kind"] == "conflict":
-                from specialize.evaluate.ablations import conflict_following
-
-                met["conflict_following"] = conflict_following(recs, p)
-            entry = ablation.setdefault(cname, {"report": report, "metrics": {}})
-            entry["metrics"][name] = met
-            cond_preds.setdefault(cname, {})[name] = p
-            write_jsonl(plan.out / "ablations" / cname / f"{name}.jsonl", p)
-
-    one("base", model)
+        return _eval_cpt(plan, req, model, tokenizer, settings)
+    conditions = build_conditions(plan.records, plan.ablations) if plan.ablations else {}
+    ev = _Evaluation(
+        plan, settings, conditions, partial, make_bertscorer(req.bertscore, plan.records),
+        judge_backend, req.progress,
+    )  # fmt: skip
+    ev.run(Variant("base", model=model, tokenizer=tokenizer))
     if plan.adapter is not None:
-        one("tuned", with_adapter(model, plan.adapter))
+        ev.run(Variant("tuned", model=with_adapter(model, plan.adapter), tokenizer=tokenizer))
     if endpoint is not None:
-        one("endpoint", None, endpoint)
-    if req.gguf:
-        from specialize.export.gguf import GGUFBackend
-
-        found = sorted((req.target / "gguf").glob("*.gguf")) if req.target.is_dir() else []
-        if not found:
-            raise SpecializeError(
-                "--gguf: no GGUF files (run `specialize export` first)", path=req.target
-            )
-        for path in found:
-            kind = path.stem.removeprefix(f"{req.target.name}-")
-            one(f"gguf-{kind}", None, GGUFBackend(path))
-    comparison = compare_variants(preds, plan.breakdown_by, plan.bootstrap, plan.seed)
-    notes: list[str] = []
-    quantized = [n for n in preds if n.startswith("gguf-")]
-    if quantized and "tuned" in preds:
-        from specialize.report.eval_report import results_table
-
-        # What export cost: each GGUF against the unquantized tuned model it came from.
-        subset = {n: preds[n] for n in ["tuned", *quantized]}
-        vs_tuned = compare_variants(subset, [], plan.bootstrap, plan.seed)
-        extra["vs_tuned"] = vs_tuned
-        notes += ["## Exported GGUFs against the tuned model", ""]
-        notes += results_table({n: metrics[n] for n in subset}, vs_tuned) + [""]
-    if ablation:
-        from specialize.evaluate.ablations import condition_table
-
-        extra["ablations"] = ablation
-        notes += ["## Ablation conditions", ""]
-        for name in preds:
-            by_cond = {c: a["metrics"][name] for c, a in ablation.items() if name in a["metrics"]}
-            notes += [f"### {name}", "", condition_table(by_cond), ""]
-        skipped = {c: a["report"]["skipped"] for c, a in ablation.items()}
-        notes += [f"Records left out per condition (reason: count): {skipped}", ""]
-        if quantized and "tuned" in preds:
-            # The triage seed's table: what quantization cost under each condition.
-            cond_metrics = {c: a["metrics"] for c, a in ablation.items()}
-            per_cond = quantization_by_condition(
-                cond_preds, cond_metrics, quantized, plan.bootstrap, plan.seed
-            )
-            extra["ablations_vs_tuned"] = per_cond
-            notes += ["### Exported GGUFs against the tuned model, per condition", ""]
-            notes += condition_delta_table(per_cond) + [""]
-    _write(plan, preds, metrics, comparison, extra, notes)
+        ev.run(Variant("endpoint", backend=endpoint))
+    for kind, path in _gguf_files(req):
+        with LlamaCppBackend(path) as backend:  # one child for the variant and its conditions
+            ev.run(Variant(f"gguf-{kind}", backend=backend))
+    _write(plan, ev.results, *ev.comparisons())
     shutil.rmtree(partial, ignore_errors=True)
     return plan.out
 
 
-QUANT_METRICS = ("accuracy", "f1", "exact_match", "bertscore_f1")
+def _settings(plan: _Plan) -> EvalSettings:
+    row_len = (plan.run_cfg or {}).get("chat", {}).get("max_seq_len", 512)
+    return EvalSettings(
+        fmt=plan.fmt,
+        max_new_tokens=plan.max_new_tokens,
+        batch_size=plan.batch_size,
+        mode="cpt" if plan.mode == "cpt" else "sft",
+        max_seq_len=row_len,
+        breakdown_by=tuple(plan.breakdown_by),
+        bootstrap=plan.bootstrap,
+        seed=plan.seed,
+    )
 
 
-def quantization_by_condition(
-    cond_preds: dict[str, dict[str, list[dict[str, Any]]]],
-    cond_metrics: dict[str, dict[str, dict[str, Any]]],
-    quantized: list[str],
-    samples: int,
-    seed: int,
-) -> dict[str, dict[str, Any]]:
-    """Per ablation condition: each GGUF against the tuned model on that condition's records
-    (paired bootstrap CIs), as ``{condition: {variant: {metric: {value, tuned, delta, ci}}}}``.
-    ``cond_metrics`` are the metrics already computed per condition and variant.
-    """
-    from specialize.evaluate.evaluation import compare_variants
+def _remote_backends(req: EvalRequest) -> tuple[Backend | None, Backend | None]:
+    """The judge and the evaluated endpoint, each checked to answer before any model loads."""
+    from specialize.infer.http import OpenAIBackend
 
-    out: dict[str, dict[str, Any]] = {}
-    for cname, by_variant in cond_preds.items():
-        present = [q for q in quantized if q in by_variant]
-        if "tuned" not in by_variant or not present:
-            continue
-        comp = compare_variants({n: by_variant[n] for n in ["tuned", *present]}, [], samples, seed)
-        tuned = cond_metrics[cname]["tuned"]
-        row: dict[str, Any] = {"n": comp["n"]}
-        for q in present:
-            mine = cond_metrics[cname][q]
-            row[q] = {
-                m: {"tuned": tuned[m], "value": mine[m], **comp["vs_reference"][q][m]}
-                for m in QUANT_METRICS
-                if m in comp["vs_reference"][q] and m in tuned and m in mine
-            }
-        out[cname] = row
-    return out
+    judge_backend = endpoint = None
+    if req.judge_url:
+        judge_backend = OpenAIBackend(req.judge_url, req.judge_model or "judge")
+        judge_backend.health_check()
+    if req.endpoint:
+        endpoint = OpenAIBackend(req.endpoint, req.endpoint_model or "model")
+        endpoint.health_check()
+    return judge_backend, endpoint
 
 
-def condition_delta_table(per_cond: dict[str, dict[str, Any]]) -> list[str]:
-    """Rows: conditions; per metric: the tuned value, then each GGUF's value and Δ (95% CI)."""
-    first = next(iter(per_cond.values()), {})
-    variants = [k for k in first if k != "n"]
-    metrics = [m for m in QUANT_METRICS if any(m in first[q] for q in variants)]
-    head = ["condition", "n"]
-    for m in metrics:
-        head.append(f"tuned {m}")
-        for q in variants:
-            head += [f"{q} {m}", f"Δ {q} − tuned (95% CI)"]
-    per_metric = 1 + 2 * len(variants)
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "|---|---:" + ("|---:" + "|---:|---" * len(variants)) * len(metrics) + "|",
-    ]
-    for cname, row in per_cond.items():
-        cells = [cname.replace("|", "\\|"), str(row["n"])]
-        for m in metrics:
-            group = ["-"] * per_metric
-            for i, q in enumerate(variants):
-                d = row.get(q, {}).get(m)
-                if d is None:
-                    continue
-                group[0] = f"{d['tuned']:.4f}"
-                group[1 + 2 * i] = f"{d['value']:.4f}"
-                group[2 + 2 * i] = f"{d['delta']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
-            cells += group
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+def _gguf_files(req: EvalRequest) -> list[tuple[str, Path]]:
+    """``--gguf``: (type, path) of every GGUF file in RUN/gguf/."""
+    if not req.gguf:
+        return []
+    found = sorted((req.target / "gguf").glob("*.gguf")) if req.target.is_dir() else []
+    if not found:
+        raise SpecializeError(
+            "--gguf: no GGUF files (run `specialize export` first)", path=req.target
+        )
+    return [(path.stem.removeprefix(f"{req.target.name}-"), path) for path in found]
+
+
+@dataclass
+class _Evaluation:
+    """The variants of one report, each on the records and on every ablation condition."""
+
+    plan: _Plan
+    settings: EvalSettings
+    conditions: dict[str, tuple[list[Record], dict[str, Any]]]
+    partial: Path
+    scorer: Any
+    judge: Backend | None
+    progress: bool
+    results: EvalResults = field(default_factory=EvalResults)
+    ablation: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cond_preds: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
+
+    def run(self, variant: Variant) -> None:
+        """The variant on the records (``<out>/<name>/``), then on each condition."""
+        self.results.add(
+            evaluate(
+                [variant],
+                self.plan.records,
+                self.settings,
+                self.plan.out,
+                partial_dir=self.partial,
+                scorer=self.scorer,
+                judge=self.judge,
+                progress=self.progress,
+            )  # fmt: skip
+        )
+        for cname, (recs, report) in self.conditions.items():
+            if not recs:
+                log.warning("ablation %s: no records left (%s)", cname, report["skipped"])
+                continue
+            renamed = replace(variant, name=f"{variant.name}@{cname}")
+            got = evaluate(
+                [renamed], recs, self.settings, None,
+                partial_dir=self.partial, scorer=self.scorer, progress=self.progress,
+            )[renamed.name]  # fmt: skip
+            if report["kind"] == "conflict":
+                got.metrics["conflict_following"] = conflict_following(recs, got.predictions)
+            entry = self.ablation.setdefault(cname, {"report": report, "metrics": {}})
+            entry["metrics"][variant.name] = got.metrics
+            self.cond_preds.setdefault(cname, {})[variant.name] = got.predictions
+            path = self.plan.out / "ablations" / cname / f"{variant.name}.jsonl"
+            write_jsonl(path, got.predictions)
+
+    def comparisons(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Every variant against base; GGUFs against tuned, overall and per condition."""
+        plan, preds = self.plan, self.results.predictions()
+        comparison = compare_variants(preds, plan.breakdown_by, plan.bootstrap, plan.seed)
+        extra: dict[str, Any] = {}
+        quantized = [n for n in preds if n.startswith("gguf-")]
+        if quantized and "tuned" in preds:
+            # What export cost: each GGUF against the unquantized tuned model it came from.
+            subset = {n: preds[n] for n in ["tuned", *quantized]}
+            extra["vs_tuned"] = compare_variants(subset, [], plan.bootstrap, plan.seed)
+        if self.ablation:
+            extra["ablations"] = self.ablation
+            if quantized and "tuned" in preds:
+                cond_metrics = {c: a["metrics"] for c, a in self.ablation.items()}
+                extra["ablations_vs_tuned"] = quantization_by_condition(
+                    self.cond_preds, cond_metrics, quantized, plan.bootstrap, plan.seed
+                )
+        return comparison, extra
 
 
 def with_adapter(model: Any, adapter: Path) -> Any:
@@ -441,117 +401,51 @@ def with_adapter(model: Any, adapter: Path) -> Any:
         raise SpecializeError(f"could not load the adapter: {e}", path=adapter) from None
 
 
-def _log_variant(name: str, m: dict[str, Any]) -> None:
-    parts = [f"{k} {m[k]:.4f}" for k in ("exact_match", "f1", "accuracy", "perplexity") if k in m]
-    log.info("%s: %d records, %s", name, m["n"], ", ".join(parts))
-
-
 def _write(
-    plan: _Plan,
-    preds: dict[str, list[dict[str, Any]]],
-    metrics: dict[str, dict[str, Any]],
-    comparison: dict[str, Any],
-    extra: dict[str, Any],
-    notes: list[str] | None = None,
+    plan: _Plan, results: EvalResults, comparison: dict[str, Any], extra: dict[str, Any]
 ) -> None:
-    from specialize.evaluate.evaluation import side_by_side
-    from specialize.report.eval_report import metrics_chart, write_report
-
+    """``side_by_side.jsonl`` (answers) and ``report.json`` (everything the report shows)."""
     out = plan.out
-    for name in preds:
-        write_jsonl(out / name / "predictions.jsonl", preds[name])
-        write_json(out / name / "metrics.json", metrics[name])
-    write_jsonl(out / "side_by_side.jsonl", side_by_side(preds))
+    if plan.mode != "cpt":
+        write_jsonl(out / "side_by_side.jsonl", side_by_side(results.predictions()))
     write_json(
         out / "report.json",
-        {"title": plan.title, "metrics": metrics, "compare": comparison} | extra,
+        {"title": plan.title, "metrics": results.metrics(), "compare": comparison} | extra,
     )
-    metrics_chart(metrics, comparison, out / "metrics.png")
-    write_report(out, plan.title, metrics, comparison, notes)
-    log.info("report: %s", out / "report.md")
 
 
-def _eval_cpt(plan: _Plan, req: EvalRequest, model: Any, tokenizer: Any) -> Path:
+def _eval_cpt(
+    plan: _Plan, req: EvalRequest, model: Any, tokenizer: Any, settings: EvalSettings
+) -> Path:
     """Held-out perplexity base vs tuned; embedding quality when documents have titles."""
-    from specialize.data.batches import text_examples
-    from specialize.evaluate.evaluation import compare_text_variants, evaluate_text_variant
+    from specialize.evaluate.embeddings import compare_embeddings, evaluate_embeddings
 
-    cfg = plan.run_cfg or {}
-    cols = cfg.get("data", {}).get("columns", {})
-    row_len = cfg.get("chat", {}).get("max_seq_len", 512)
-    docs = [
-        (r["id"], tokenizer(r["text"], add_special_tokens=False)["input_ids"]) for r in plan.records
-    ]
-    examples = text_examples(docs, tokenizer.eos_token_id, row_len)
-    preds, metrics = {}, {}
-    preds["base"], metrics["base"] = evaluate_text_variant(
-        model, examples, tokenizer.pad_token_id, plan.batch_size, "base"
-    )
+    items = _title_items(plan.records, (plan.run_cfg or {}).get("data", {}).get("columns", {}))
     emb: dict[str, Any] = {}
-    items = _title_items(plan.records, cols)
+    results = evaluate(
+        [Variant("base", model=model, tokenizer=tokenizer)], plan.records, settings, plan.out
+    )
     if items:
-        from specialize.evaluate.embeddings import evaluate_embeddings
-
         emb["base"] = evaluate_embeddings(model, tokenizer, items, plan.batch_size, req.progress)
-    tuned = with_adapter(model, plan.adapter) if plan.adapter else None
-    if tuned is not None:
-        preds["tuned"], metrics["tuned"] = evaluate_text_variant(
-            tuned, examples, tokenizer.pad_token_id, plan.batch_size, "tuned"
-        )
+    if plan.adapter is not None:
+        tuned = with_adapter(model, plan.adapter)
+        variant = Variant("tuned", model=tuned, tokenizer=tokenizer)
+        results.add(evaluate([variant], plan.records, settings, plan.out))
         if items:
             emb["tuned"] = evaluate_embeddings(
                 tuned, tokenizer, items, plan.batch_size, req.progress
             )
+    preds = results.predictions()
     comparison = compare_text_variants(preds["base"], preds["tuned"], plan.bootstrap, plan.seed)
     extra: dict[str, Any] = {}
     if emb:
-        from specialize.evaluate.embeddings import compare_embeddings, plot_similarity
-
         extra["embeddings"] = {
             k: {kk: vv for kk, vv in v.items() if kk != "ranks"} for k, v in emb.items()
         }
         if "tuned" in emb:
             extra["embeddings"]["compare"] = compare_embeddings(emb["base"], emb["tuned"])
-        plot_similarity({k: v["abstracts"] for k, v in emb.items()}, plan.out / "similarity.png")
-    _write(plan, preds, metrics, comparison, extra, _embedding_notes(extra.get("embeddings")))
+    _write(plan, results, comparison, extra)
     return plan.out
-
-
-def _embedding_notes(emb: dict[str, Any] | None) -> list[str]:
-    """Markdown for the embedding-quality results (title -> abstract retrieval, similarity)."""
-    if not emb or "compare" not in emb:
-        return []
-    comp = emb["compare"]
-    lines = [
-        "## Embedding quality",
-        "",
-        f"Mean-pooled last-layer hidden states of {comp['n']} held-out abstracts and their "
-        "titles; each title must retrieve its own abstract among all of them (ties count "
-        "against the model).",
-        "",
-        "| metric | base | tuned | Δ tuned − base (95% CI) |",
-        "|---|---:|---:|---|",
-    ]
-    for key, d in comp["deltas"].items():
-        lines.append(
-            f"| title→abstract {key} | {d['base']:.3f} | {d['tuned']:.3f} | "
-            f"{d['delta']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] |"
-        )
-    for key, d in comp["similarity"].items():
-        if key == "anisotropy":  # the same number as the mean; named in the text below
-            continue
-        lines.append(
-            f"| abstract cosine similarity {key} | {d['base']:.3f} | {d['tuned']:.3f} | "
-            f"{d['delta']:+.3f} |"
-        )
-    return lines + [
-        "",
-        "The mean pairwise cosine similarity is the anisotropy: the closer to 1, the more "
-        "every abstract looks like every other one.",
-        "",
-        "![similarity](similarity.png)",
-        "",
-    ]
 
 
 def _title_items(records: list[dict[str, Any]], cols: dict[str, Any]) -> list[tuple[str, str, str]]:

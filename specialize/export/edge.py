@@ -8,8 +8,8 @@ After the merge, ``specialize run`` hands the staging folder to :func:`export_ed
 2. measures CPU tokens/s of the base model, the base model with the adapter, the merged
    model and each GGUF (``export/speed.json``);
 3. evaluates each quantized GGUF through llama.cpp on the same records as base and tuned
-   (``eval/gguf-<type>/``) and compares each with the tuned model it came from, paired
-   bootstrap CIs included (``eval/compare_gguf.json``).
+   (``eval/gguf-<type>/``, through the evaluation stage); the run compares each with the tuned
+   model it came from (``eval/compare_gguf.json``, :mod:`specialize.evaluate.compare`).
 
 :func:`gguf_plan` decides before training whether this can run at all, so a missing
 llama-cpp-python or an unsupported architecture is reported in the first seconds of a run,
@@ -20,11 +20,17 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from specialize.config import RunConfig
+from specialize.data.read import Record
 from specialize.errors import SpecializeError
-from specialize.io import read_json, read_jsonl, write_json, write_jsonl
+from specialize.evaluate.stage import EvalResults, EvalSettings, Variant, evaluate
+from specialize.io import write_json
+from specialize.models.load import ModelSource
 
 log = logging.getLogger("specialize")
 
@@ -84,26 +90,36 @@ def measure_speed(
     return out
 
 
+@dataclass
+class EdgeExport:
+    """What the GGUF stage produced: the export report (files, checks, sizes) and the
+    evaluations of the quantized files (``gguf-<type>`` variants, in ``gguf_types`` order)."""
+
+    report: dict[str, Any]
+    results: EvalResults
+
+
 def export_edge(
     run: Path,
-    cfg: Any,
-    source: Any,
+    cfg: RunConfig,
+    source: ModelSource,
     tokenizer: Any,
-    records: list[dict[str, Any]],
-    preds: dict[str, list[dict[str, Any]]],
-    metrics: dict[str, dict[str, Any]],
+    records: list[Record],
+    settings: EvalSettings,
+    *,
+    evaluate_files: bool = True,
     scorer: Any = None,
     progress: bool = True,
     reuse: bool = False,
-) -> dict[str, Any]:
+) -> EdgeExport:
     """GGUF export + checks, speed and quantized evaluation into ``run`` (a staging folder with
-    adapter/, merged/ and data/). Adds the GGUF variants to ``preds``/``metrics``.
+    adapter/, merged/ and data/). ``records`` are the evaluated records (the first one's prompt
+    is also the speed prompt); ``evaluate_files`` is false when the run evaluated no tuned
+    model to compare the files with.
 
     ``reuse`` (``specialize run --resume``) keeps the GGUF files and the quantized evaluations
     an interrupted run finished; checks and speed are measured again (seconds)."""
-    from specialize.evaluate.evaluation import compare_variants, evaluate_variant, side_by_side
     from specialize.export.export_run import export_run
-    from specialize.export.gguf import GGUFBackend
     from specialize.models.chat import render_prompt
 
     ex = cfg.export
@@ -121,52 +137,34 @@ def export_edge(
         speed = measure_speed(run, source, prompt, paths, ex.speed_tokens)
         write_json(run / "export" / "speed.json", speed)
 
-    if not (ex.gguf_eval and records and cfg.mode == "sft" and "tuned" in preds):
-        return report
-    names = []
-    for t in ex.gguf_types:
-        name = f"gguf-{t}"
-        names.append(name)
-        done = run / "eval" / name / "metrics.json"
-        if reuse and done.is_file():
-            preds[name] = read_jsonl(run / "eval" / name / "predictions.jsonl")
-            metrics[name] = read_json(done)
-            log.info("%s evaluation reused from the interrupted run", name)
-            continue
-        preds[name], metrics[name] = evaluate_variant(
-            None,
-            tokenizer,
-            records,
-            cfg.chat.format,
-            cfg.eval.max_new_tokens,
-            cfg.eval.batch_size,
-            name,
-            progress,
-            backend=GGUFBackend(paths[t]),
-            bertscorer=scorer,
-        )
-        write_jsonl(run / "eval" / name / "predictions.jsonl", preds[name])
-        write_json(run / "eval" / name / "metrics.json", metrics[name])
-    vs_tuned = compare_variants(
-        {n: preds[n] for n in ["tuned", *names]},
-        cfg.eval.breakdown_by,
-        cfg.eval.bootstrap,
-        cfg.train.seed,
-    )
-    write_json(run / "eval" / "compare_gguf.json", vs_tuned)
-    write_jsonl(run / "eval" / "side_by_side.jsonl", side_by_side(preds))
-    for n in names:
-        d = vs_tuned["vs_reference"][n]
-        key = "f1" if "f1" in d else next(iter(d), None)
-        if key:
-            log.info(
-                "%s %s %.4f vs tuned %.4f (delta %+.4f, 95%% CI [%+.4f, %+.4f])",
-                n,
-                key,
-                metrics[n][key],
-                metrics["tuned"][key],
-                d[key]["delta"],
-                d[key]["ci_low"],
-                d[key]["ci_high"],
-            )
-    return report
+    if not (ex.gguf_eval and records and cfg.mode == "sft" and evaluate_files):
+        return EdgeExport(report, EvalResults())
+    results = _evaluate_files(run, cfg, paths, records, settings, scorer, progress, reuse)
+    return EdgeExport(report, results)
+
+
+def _evaluate_files(
+    run: Path,
+    cfg: RunConfig,
+    paths: dict[str, str],
+    records: list[Record],
+    settings: EvalSettings,
+    scorer: Any,
+    progress: bool,
+    reuse: bool,
+) -> EvalResults:
+    """Each quantized file answers the run's records through llama.cpp (``eval/gguf-<type>/``).
+
+    One file at a time: each llama.cpp child is started when its variant is evaluated and
+    ended before the next. Their ``metrics.json`` carry no ``split`` (as they always have; the
+    run's split is in ``compare.json``)."""
+    from specialize.infer.llamacpp import LlamaCppBackend
+
+    variants = [
+        Variant(f"gguf-{t}", open_backend=partial(LlamaCppBackend, paths[t]))
+        for t in cfg.export.gguf_types
+    ]
+    return evaluate(
+        variants, records, replace(settings, split=None), run / "eval",
+        reuse=reuse, scorer=scorer, progress=progress,
+    )  # fmt: skip

@@ -1,16 +1,19 @@
 """Evaluation reports: one Markdown table over any variants, with deltas and CIs.
 
 Rendered only from the metrics and comparison dicts (the same files that are saved as JSON),
-so the Markdown can always be regenerated and never says what the files do not.
+so the Markdown can always be regenerated and never says what the files do not:
+:func:`write_eval_report` turns the ``report.json`` of ``specialize eval`` into ``report.md``,
+``metrics.png`` and, for embedding quality, ``similarity.png``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from specialize.io import atomic_path
+from specialize.io import atomic_path, read_json
 
 LABELS = {
     "exact_match": "exact match",
@@ -194,3 +197,197 @@ def metrics_chart(metrics: dict[str, dict[str, Any]], compare: dict[str, Any], o
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------- specialize eval
+
+
+def write_eval_report(out_dir: Path) -> Path:
+    """``report.md`` (and its charts) from the ``report.json`` of ``specialize eval``."""
+    from specialize.report.plots import plot_similarity
+
+    report = read_json(out_dir / "report.json")
+    metrics, comparison = report["metrics"], report["compare"]
+    metrics_chart(metrics, comparison, out_dir / "metrics.png")
+    notes = quantization_notes(metrics, report.get("vs_tuned"))
+    notes += ablation_notes(
+        list(metrics), report.get("ablations"), report.get("ablations_vs_tuned")
+    )
+    emb = report.get("embeddings")
+    if emb:
+        stats = {k: v["abstracts"] for k, v in emb.items() if k != "compare"}
+        plot_similarity(stats, out_dir / "similarity.png")
+        notes += embedding_notes(emb)
+    return write_report(out_dir, report["title"], metrics, comparison, notes)
+
+
+def quantization_notes(
+    metrics: dict[str, dict[str, Any]], vs_tuned: dict[str, Any] | None
+) -> list[str]:
+    """Each exported GGUF against the tuned model it came from."""
+    if not vs_tuned:
+        return []
+    shown = {n: metrics[n] for n in ["tuned", *vs_tuned["vs_reference"]]}
+    return ["## Exported GGUFs against the tuned model", "", *results_table(shown, vs_tuned), ""]
+
+
+def ablation_notes(
+    variants: list[str],
+    ablations: dict[str, dict[str, Any]] | None,
+    per_condition: dict[str, dict[str, Any]] | None,
+) -> list[str]:
+    """One condition table per variant, what each condition left out, and (with GGUFs) what
+    quantization cost under each condition."""
+    if not ablations:
+        return []
+    lines = ["## Ablation conditions", ""]
+    for name in variants:
+        by_cond = {c: a["metrics"][name] for c, a in ablations.items() if name in a["metrics"]}
+        lines += [f"### {name}", "", condition_table(by_cond), ""]
+    skipped = {c: a["report"]["skipped"] for c, a in ablations.items()}
+    lines += [f"Records left out per condition (reason: count): {skipped}", ""]
+    if per_condition:
+        lines += ["### Exported GGUFs against the tuned model, per condition", ""]
+        lines += condition_delta_table(per_condition) + [""]
+    return lines
+
+
+def _number(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, int | float) or math.isnan(x):
+        return None
+    return float(x)
+
+
+def _metric(metrics: Mapping[str, Any], name: str) -> float | None:
+    """A metric from a condition's summary: top level, ``classification`` or
+    ``conflict_following`` (where :func:`conflict_following`'s result is stored)."""
+    if name == "macro_f1":
+        return _number((metrics.get("classification") or {}).get("macro_f1"))
+    if name in ("followed_evidence", "followed_conflict"):
+        nested = metrics.get("conflict_following") or {}
+        return _number(nested.get(name, metrics.get(name)))
+    return _number(metrics.get(name))
+
+
+def condition_table(per_condition_metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    """A Markdown table of the conditions, with deltas against the first (full) condition.
+
+    One row per condition in the given order. Columns appear only for metrics some condition
+    has: ``n``, ``accuracy`` and ``macro_f1`` (from ``metrics["classification"]``), each with
+    its change vs the first row in percentage points, and ``followed_evidence`` /
+    ``followed_conflict`` (from ``metrics["conflict_following"]`` or the top level) for
+    conflict conditions. Rates are shown in percent; "—" marks a value a condition lacks.
+    Deltas in points, not relative percent, because "accuracy fell 12 points without the
+    observation" is what the protocol is read for and does not swell when the base is small.
+    """
+    if not per_condition_metrics:
+        raise ValueError("no conditions to tabulate")
+    rows = list(per_condition_metrics.items())
+    ref = rows[0][1]
+
+    def has(name: str) -> bool:
+        return any(_metric(m, name) is not None for _, m in rows)
+
+    def pct(x: float | None) -> str:
+        return "—" if x is None else f"{100 * x:.1f}"
+
+    def delta(x: float | None, base: float | None) -> str:
+        return "—" if x is None or base is None else f"{100 * (x - base):+.1f}"
+
+    header = ["condition"]
+    cells: list[list[str]] = [[name.replace("|", "\\|")] for name, _ in rows]
+    if any(_number(m.get("n")) is not None for _, m in rows):
+        header.append("n")
+        for cell, (_, m) in zip(cells, rows, strict=True):
+            n = _number(m.get("n"))
+            cell.append("—" if n is None else str(int(n)))
+    for name in ("accuracy", "macro_f1"):
+        if not has(name):
+            continue
+        header += [f"{name} (%)", f"Δ {name} (pp)"]
+        base = _metric(ref, name)
+        for i, (cell, (_, m)) in enumerate(zip(cells, rows, strict=True)):
+            value = _metric(m, name)
+            cell += [pct(value), "ref" if i == 0 else delta(value, base)]
+    for name in ("followed_evidence", "followed_conflict"):
+        if has(name):
+            header.append(f"{name} (%)")
+            for cell, (_, m) in zip(cells, rows, strict=True):
+                cell.append(pct(_metric(m, name)))
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
+    lines += ["| " + " | ".join(cell) + " |" for cell in cells]
+    return "\n".join(lines) + "\n"
+
+
+QUANT_METRICS = ("accuracy", "f1", "exact_match", "bertscore_f1")
+
+
+def condition_delta_table(per_cond: dict[str, dict[str, Any]]) -> list[str]:
+    """Rows: conditions; per metric: the tuned value, then each GGUF's value and Δ (95% CI)."""
+    first = next(iter(per_cond.values()), {})
+    variants = [k for k in first if k != "n"]
+    metrics = [m for m in QUANT_METRICS if any(m in first[q] for q in variants)]
+    head = ["condition", "n"]
+    for m in metrics:
+        head.append(f"tuned {m}")
+        for q in variants:
+            head += [f"{q} {m}", f"Δ {q} − tuned (95% CI)"]
+    per_metric = 1 + 2 * len(variants)
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|---|---:" + ("|---:" + "|---:|---" * len(variants)) * len(metrics) + "|",
+    ]
+    for cname, row in per_cond.items():
+        cells = [cname.replace("|", "\\|"), str(row["n"])]
+        for m in metrics:
+            group = ["-"] * per_metric
+            for i, q in enumerate(variants):
+                d = row.get(q, {}).get(m)
+                if d is None:
+                    continue
+                group[0] = f"{d['tuned']:.4f}"
+                group[1 + 2 * i] = f"{d['value']:.4f}"
+                group[2 + 2 * i] = f"{d['delta']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
+            cells += group
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def embedding_notes(emb: dict[str, Any] | None) -> list[str]:
+    """Markdown for the embedding-quality results (title -> abstract retrieval, similarity)."""
+    if not emb or "compare" not in emb:
+        return []
+    comp = emb["compare"]
+    lines = [
+        "## Embedding quality",
+        "",
+        f"Mean-pooled last-layer hidden states of {comp['n']} held-out abstracts and their "
+        "titles; each title must retrieve its own abstract among all of them (ties count "
+        "against the model).",
+        "",
+        "| metric | base | tuned | Δ tuned − base (95% CI) |",
+        "|---|---:|---:|---|",
+    ]
+    for key, d in comp["deltas"].items():
+        lines.append(
+            f"| title→abstract {key} | {d['base']:.3f} | {d['tuned']:.3f} | "
+            f"{d['delta']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] |"
+        )
+    for key, d in comp["similarity"].items():
+        if key == "anisotropy":  # the same number as the mean; named in the text below
+            continue
+        lines.append(
+            f"| abstract cosine similarity {key} | {d['base']:.3f} | {d['tuned']:.3f} | "
+            f"{d['delta']:+.3f} |"
+        )
+    return lines + [
+        "",
+        "The mean pairwise cosine similarity is the anisotropy: the closer to 1, the more "
+        "every abstract looks like every other one.",
+        "",
+        "![similarity](similarity.png)",
+        "",
+    ]
