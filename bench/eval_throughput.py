@@ -9,7 +9,8 @@ stopping at end-of-turn:
 
 - **baseline**: one ``model.generate(input_ids, do_sample=False, eos_token_id=...)`` call per
   record, how the seed projects evaluated;
-- **engine**: ``specialize.evaluate.generate.generate`` with ``--batch-size`` rows per batch.
+- **engine**: :class:`specialize.infer.hf.HFBackend` (the continuous-batching engine) with
+  ``--batch-size`` rows per batch, each record a ``Request`` of its rendered prompt ids.
 
 Both are timed in this process, one after the other, after a short warm-up of each. The
 answers must be identical, token for token; every difference is listed. Prints records/s of
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from specialize.evaluate.generate import generate
+    from specialize.infer.hf import HFBackend
+    from specialize.infer.types import Request
     from specialize.models.chat import render_prompt, stop_token_ids
 
     records, tokenizer, model, fmt = test_records(args.records)
@@ -97,21 +99,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     # Warm-up both paths (allocator, kernels) on a few records, outside the timings.
     baseline(model, prompts[:2], stop_ids, 8)
-    generate(model, tokenizer, prompts[:4], stop_ids, 8, 4, progress=False)
+    engine = HFBackend(model, tokenizer, fmt, args.batch_size)
+    warm = [Request(prompt_ids=p, max_new_tokens=8) for p in prompts[:4]]
+    engine.generate(warm, progress=False)
 
     t0 = time.perf_counter()
     base_ids = baseline(model, prompts, stop_ids, args.max_new_tokens)
     base_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    answers = generate(
-        model, tokenizer, prompts, stop_ids, args.max_new_tokens, args.batch_size, desc="engine"
-    )
+    requests = [Request(prompt_ids=p, max_new_tokens=args.max_new_tokens) for p in prompts]
+    answers = engine.generate(requests, desc="engine")
     engine_s = time.perf_counter() - t0
     # The engine returns text; compare token ids by re-encoding nothing: decode both the same way.
     base_text = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in base_ids]
-    engine_text = [a["text"] for a in answers]
-    engine_ids = [a["new_tokens"] for a in answers]  # type: ignore[assignment]
+    engine_text = [a.text for a in answers]
+    engine_ids = [a.new_tokens for a in answers]
     diffs = [
         {"id": r["id"], "baseline": b, "engine": e}
         for r, b, e, bi, n in zip(
