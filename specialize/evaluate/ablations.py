@@ -277,26 +277,8 @@ def apply_condition(
     Returns ``(records, report)`` with report ``{"condition", "kind", "field", "n", "skipped":
     {"missing_field", "missing_class", "no_other_class"}, "skipped_ids": [first 20]}``.
     """
-    names = check_template(template, records)
+    names = _checked_fields(records, condition, template)
     kind, field = condition.kind, condition.field
-    if field is not None and field not in names:
-        raise SpecializeError(
-            f"condition '{condition.name}' ablates '{field}', which the template does not use "
-            f"(template fields: {', '.join(names)})",
-            field=f"eval.ablations.conditions.{condition.name}",
-        )
-    ids = [rec.get("id") for rec in records]
-    if any(i is None for i in ids):
-        raise SpecializeError(
-            "every record needs an 'id': ablations are seeded by it and compared by it",
-            field="id",
-        )
-    if len(set(map(str, ids))) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise SpecializeError(
-            f"record id '{dup}' occurs more than once; conditions are compared by id", field="id"
-        )
-
     vocab: list[str] = []
     donors: _Donors | None = None
     if kind == "noise":
@@ -319,29 +301,11 @@ def apply_condition(
         if any(_value(rec, n) is None for n in names):
             skip(rec, "missing_field")
             continue
-        fields = dict(rec["fields"])
-        extra: dict[str, Any] = {}
-        drop: tuple[str, ...] = ()
-        if kind == "drop":
-            drop = (field,)
-            fields.pop(field)
-        elif kind == "noise":
-            rng = _rng(condition.seed, kind, field, rec["id"])
-            fields[field] = _noise_value(str(fields[field]), vocab, rng)
-        elif kind == "conflict":
-            assert donors is not None
-            if rec.get(condition.class_field) is None:
-                skip(rec, "missing_class")
-                continue
-            donor = donors.pick(rec, _rng(condition.seed, kind, field, rec["id"]))
-            if donor is None:
-                skip(rec, "no_other_class")
-                continue
-            fields[field] = _value(donor, field)
-            extra = {
-                "conflict_label": donor[condition.class_field],
-                "conflict_from": donor["id"],
-            }
+        ablated = _ablate(rec, condition, vocab, donors)
+        if isinstance(ablated, str):
+            skip(rec, ablated)
+            continue
+        fields, drop, extra = ablated
         content = render_user(template, fields, drop=drop)
         new = _with_user(rec, content, fields, condition.name, keep_system)
         new.update(extra)
@@ -356,6 +320,59 @@ def apply_condition(
         "skipped_ids": skipped_ids,
     }
     return out, report
+
+
+def _checked_fields(
+    records: Sequence[Record], condition: AblationCondition, template: str
+) -> list[str]:
+    """The template's fields, after checking the condition and the record ids can be used."""
+    names = check_template(template, records)
+    field = condition.field
+    if field is not None and field not in names:
+        raise SpecializeError(
+            f"condition '{condition.name}' ablates '{field}', which the template does not use "
+            f"(template fields: {', '.join(names)})",
+            field=f"eval.ablations.conditions.{condition.name}",
+        )
+    ids = [rec.get("id") for rec in records]
+    if any(i is None for i in ids):
+        raise SpecializeError(
+            "every record needs an 'id': ablations are seeded by it and compared by it",
+            field="id",
+        )
+    if len(set(map(str, ids))) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise SpecializeError(
+            f"record id '{dup}' occurs more than once; conditions are compared by id", field="id"
+        )
+    return names
+
+
+def _ablate(
+    rec: Record, condition: AblationCondition, vocab: list[str], donors: _Donors | None
+) -> tuple[dict[str, Any], tuple[str, ...], dict[str, Any]] | str:
+    """One record's (fields, dropped fields, extra keys) under the condition, or why it
+    cannot take part (``missing_class``, ``no_other_class``)."""
+    kind, field = condition.kind, condition.field
+    fields = dict(rec["fields"])
+    if kind == "drop":
+        fields.pop(field)
+        return fields, (field,), {}
+    if kind == "noise":
+        rng = _rng(condition.seed, kind, field, rec["id"])
+        fields[field] = _noise_value(str(fields[field]), vocab, rng)
+        return fields, (), {}
+    if kind == "conflict":
+        assert donors is not None
+        if rec.get(condition.class_field) is None:
+            return "missing_class"
+        donor = donors.pick(rec, _rng(condition.seed, kind, field, rec["id"]))
+        if donor is None:
+            return "no_other_class"
+        fields[field] = _value(donor, field)
+        extra = {"conflict_label": donor[condition.class_field], "conflict_from": donor["id"]}
+        return fields, (), extra
+    return fields, (), {}
 
 
 def build_conditions(

@@ -50,6 +50,7 @@ def _accepts(model: Any, name: str) -> bool:
         return False
 
 
+# long: half of it is the docstring (what is pooled and why); the code is one batch loop.
 def mean_pooled_embeddings(
     model: Any,
     tokenizer: Any,
@@ -116,18 +117,9 @@ def mean_pooled_embeddings(
         with torch.inference_mode():
             for start in range(0, n, batch_size):
                 chunk = order[start : start + batch_size]
-                width = max(len(ids[i]) for i in chunk)
-                input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-                attention = torch.zeros(len(chunk), width, dtype=torch.long)
-                pool = torch.zeros(len(chunk), width, dtype=torch.float32)
-                for row, i in enumerate(chunk):
-                    length = len(ids[i])
-                    input_ids[row, :length] = torch.tensor(ids[i], dtype=torch.long)
-                    attention[row, :length] = 1
-                    keep = torch.tensor(special[i], dtype=torch.bool).logical_not()
-                    if not keep.any():
-                        keep = torch.ones(length, dtype=torch.bool)
-                    pool[row, :length] = keep.float()
+                input_ids, attention, pool = _batch(
+                    [ids[i] for i in chunk], [special[i] for i in chunk], pad_id
+                )
                 result = model(
                     input_ids=input_ids.to(device), attention_mask=attention.to(device), **extra
                 )
@@ -140,6 +132,25 @@ def mean_pooled_embeddings(
         bar.close()
         model.train(was_training)
     return out
+
+
+def _batch(
+    ids: list[list[int]], special: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, their attention mask, and the pooling mask: real tokens that the
+    tokenizer did not add (all real tokens when it added every one)."""
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    attention = torch.zeros(len(ids), width, dtype=torch.long)
+    pool = torch.zeros(len(ids), width, dtype=torch.float32)
+    for row, (x, sp) in enumerate(zip(ids, special, strict=True)):
+        input_ids[row, : len(x)] = torch.tensor(x, dtype=torch.long)
+        attention[row, : len(x)] = 1
+        keep = torch.tensor(sp, dtype=torch.bool).logical_not()
+        if not keep.any():
+            keep = torch.ones(len(x), dtype=torch.bool)
+        pool[row, : len(x)] = keep.float()
+    return input_ids, attention, pool
 
 
 def _unit(emb: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -146,16 +146,7 @@ def extract_choice(
         return None
 
     # 2. explicit cues
-    cued: list[str] = []
-    for cue in _CUE_RE.finditer(clean):
-        m = _LETTER_AFTER_CUE.match(clean, cue.end())
-        if m:
-            letter = _letter_of(m)
-            if letter in allowed:
-                cued.append(letter)
-    m = _LETTER_IS_CORRECT.match(clean)
-    if m and m.group("l").upper() in allowed:
-        cued.append(m.group("l").upper())
+    cued = _cued_letters(clean, allowed)
     if cued:
         return _one(cued)
 
@@ -179,6 +170,27 @@ def extract_choice(
         return _one(bracketed)
 
     # 6. stand-alone capitals anywhere
+    loose = _standalone_letters(clean, allowed)
+    return _one(loose) if loose else None
+
+
+def _cued_letters(clean: str, allowed: list[str]) -> list[str]:
+    """Letters right after an answer cue ("Answer: B"), or before "is correct"."""
+    cued: list[str] = []
+    for cue in _CUE_RE.finditer(clean):
+        m = _LETTER_AFTER_CUE.match(clean, cue.end())
+        if m:
+            letter = _letter_of(m)
+            if letter in allowed:
+                cued.append(letter)
+    m = _LETTER_IS_CORRECT.match(clean)
+    if m and m.group("l").upper() in allowed:
+        cued.append(m.group("l").upper())
+    return cued
+
+
+def _standalone_letters(clean: str, allowed: list[str]) -> list[str]:
+    """Stand-alone capitals, minus "A"/"I" used as English words at a sentence start."""
     loose: list[str] = []
     for m in _STANDALONE.finditer(clean):
         letter = m.group(1)
@@ -190,7 +202,7 @@ def extract_choice(
         if letter in _WORD_LETTERS and starts_sentence and as_word:
             continue
         loose.append(letter)
-    return _one(loose) if loose else None
+    return loose
 
 
 _TRUE_WORDS = {"true": True, "yes": True, "false": False, "no": False}

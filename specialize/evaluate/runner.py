@@ -93,60 +93,62 @@ def _suite_records(name: str, limit: int | None, seed: int = 0) -> tuple[list, A
 
 
 def _plan(req: EvalRequest) -> _Plan:
+    """What to evaluate: a run directory's variants, or a suite config's model."""
+    return _run_plan(req) if req.target.is_dir() else _suite_plan(req)
+
+
+def _run_plan(req: EvalRequest) -> _Plan:
     target = req.target
-    if target.is_dir():
-        cfg_path = target / "config.yaml"
-        if not cfg_path.is_file():
-            raise SpecializeError("not a run directory (no config.yaml)", path=target)
-        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-        adapter = target / "adapter"
-        if not (adapter / "adapter_config.json").is_file():
-            raise SpecializeError(
-                "the run has no adapter (adapter/adapter_config.json)", path=target
-            )
-        meta = (
-            read_json(adapter / "specialize.json")
-            if (adapter / "specialize.json").is_file()
-            else {}
-        )
-        ev = cfg.get("eval", {})
-        if req.suite:
-            records, spec = _suite_records(req.suite, req.limit)
-            title = f"{req.suite}: base vs tuned ({target.name})"
-            out = req.out or target / "eval" / req.suite
-            max_new = req.max_new_tokens or spec.max_new_tokens
-            breakdown = req.breakdown_by or ["subset", "type", "title"]
-            mode = "sft"
-        else:
-            split = "test" if (target / "data" / "test.jsonl").is_file() else "validation"
-            path = target / "data" / f"{split}.jsonl"
-            if not path.is_file():
-                raise SpecializeError("the run saved no test or validation split", path=target)
-            records = read_jsonl(path)
-            if req.limit:
-                records = records[: req.limit]
-            title = f"{target.name}: base vs tuned on the {split} split"
-            out = req.out or target / "eval"
-            max_new = req.max_new_tokens or ev.get("max_new_tokens", 48)
-            breakdown = req.breakdown_by or ev.get("breakdown_by", [])
-            mode = cfg.get("mode", "sft")
-        return _Plan(
-            title,
-            records,
-            meta.get("base_model", cfg["model"]["base"]),
-            None,
-            meta.get("chat_format", cfg.get("chat", {}).get("format", "chatml")),
-            adapter,
-            out,
-            max_new,
-            req.batch_size or ev.get("batch_size", 16),
-            breakdown,
-            cfg.get("train", {}).get("seed", 0),
-            ev.get("bootstrap", 2000),
-            mode,
-            cfg,
-            _ablations(ev.get("ablations"), cfg_path),
-        )
+    cfg_path = target / "config.yaml"
+    if not cfg_path.is_file():
+        raise SpecializeError("not a run directory (no config.yaml)", path=target)
+    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    adapter = target / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise SpecializeError("the run has no adapter (adapter/adapter_config.json)", path=target)
+    meta = read_json(adapter / "specialize.json") if (adapter / "specialize.json").is_file() else {}
+    ev = cfg.get("eval", {})
+    if req.suite:
+        records, spec = _suite_records(req.suite, req.limit)
+        title = f"{req.suite}: base vs tuned ({target.name})"
+        out = req.out or target / "eval" / req.suite
+        max_new = req.max_new_tokens or spec.max_new_tokens
+        breakdown = req.breakdown_by or ["subset", "type", "title"]
+        mode = "sft"
+    else:
+        split = "test" if (target / "data" / "test.jsonl").is_file() else "validation"
+        path = target / "data" / f"{split}.jsonl"
+        if not path.is_file():
+            raise SpecializeError("the run saved no test or validation split", path=target)
+        records = read_jsonl(path)
+        if req.limit:
+            records = records[: req.limit]
+        title = f"{target.name}: base vs tuned on the {split} split"
+        out = req.out or target / "eval"
+        max_new = req.max_new_tokens or ev.get("max_new_tokens", 48)
+        breakdown = req.breakdown_by or ev.get("breakdown_by", [])
+        mode = cfg.get("mode", "sft")
+    return _Plan(
+        title,
+        records,
+        meta.get("base_model", cfg["model"]["base"]),
+        None,
+        meta.get("chat_format", cfg.get("chat", {}).get("format", "chatml")),
+        adapter,
+        out,
+        max_new,
+        req.batch_size or ev.get("batch_size", 16),
+        breakdown,
+        cfg.get("train", {}).get("seed", 0),
+        ev.get("bootstrap", 2000),
+        mode,
+        cfg,
+        _ablations(ev.get("ablations"), cfg_path),
+    )
+
+
+def _suite_plan(req: EvalRequest) -> _Plan:
+    target = req.target
     if not target.is_file():
         raise SpecializeError("no such run directory or suite config", path=target)
     scfg = read_suite_config(target)

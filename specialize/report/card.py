@@ -42,25 +42,14 @@ def _overlength(stats: dict[str, Any]) -> str:
 
 
 def render_card(run: Path) -> str:
+    """The card's Markdown: one section per part of the run, each from that part's files."""
     cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     stats = _load(run, "data/stats.json") or {}
     hist = _load(run, "train/history.json") or {}
     adapted = _load(run, "train/adapted_modules.json") or {}
-    base = _load(run, "eval/base/metrics.json")
-    tuned = _load(run, "eval/tuned/metrics.json")
-    comp = _load(run, "eval/compare.json")
-    merge = _load(run, "export/merge_check.json")
-    timings = _load(run, "timings.json") or {}
     env = _load(run, "env.json") or {}
-    # GGUF variants in the config's order (q8_0 before q4_k_m: falling precision).
-    order = [f"gguf-{t}" for t in cfg.get("export", {}).get("gguf_types", [])]
-    found = {p.parent.name: p for p in (run / "eval").glob("gguf-*/metrics.json")}
-    ranked = sorted(found, key=lambda n: (order.index(n) if n in order else len(order), n))
-    quantized = {n: read_json(found[n]) for n in ranked}
-    comp_gguf = _load(run, "eval/compare_gguf.json")
-    L: list[str] = []
     name = cfg["name"]
-    L += [
+    L = [
         f"# {name}",
         "",
         f"LoRA adapter for `{cfg['model']['base']}`, trained by "
@@ -68,8 +57,20 @@ def render_card(run: Path) -> str:
         "Every number on this card is read from the files of this run directory.",
         "",
     ]
+    L += _base_model_section(cfg, adapted)
+    L += _data_section(stats)
+    L += _training_section(cfg, hist, adapted)
+    L += _results_section(run, cfg)
+    L += _merge_section(_load(run, "export/merge_check.json"))
+    L += edge_section(run, name)
+    L += _hardware_section(env, _load(run, "timings.json") or {})
+    L += _versions_section(env)
+    L += _how_to_load(run)
+    return "\n".join(L)
 
-    L += [
+
+def _base_model_section(cfg: dict[str, Any], adapted: dict[str, Any]) -> list[str]:
+    return [
         "## Base model",
         "",
         "| | |",
@@ -83,7 +84,9 @@ def render_card(run: Path) -> str:
         "",
     ]
 
-    L += ["## Data and splits", ""]
+
+def _data_section(stats: dict[str, Any]) -> list[str]:
+    L = ["## Data and splits", ""]
     sp = stats.get("splits", {})
     tok = stats.get("tokens", {})
     L += ["| split | records | tokens | trained tokens |", "|---|---:|---:|---:|"]
@@ -106,7 +109,7 @@ def render_card(run: Path) -> str:
         L.append("")
     read = stats.get("read", {})
     lk = stats.get("leakage", {})
-    L += [
+    return L + [
         f"Removed while reading: {read.get('removed_empty_rows', 0)} empty rows. "
         f"Over the length limit: {_overlength(stats)}. "
         f"Cross-split leakage check (threshold {lk.get('threshold')}): "
@@ -120,46 +123,12 @@ def render_card(run: Path) -> str:
         "",
     ]
 
-    L += ["## LoRA and training", "", "| hyperparameter | value |", "|---|---|"]
-    lora, tr = cfg["lora"], cfg["train"]
-    rows = [
-        ("rank r", lora["r"]),
-        ("alpha", lora["alpha"]),
-        ("dropout", lora["dropout"]),
-        ("targets", lora["targets"]),
-        ("adapted modules", len(adapted.get("targets", []))),
-        ("trainable parameters", f"{adapted.get('parameters', {}).get('trainable', 0):,}"),
-        ("optimizer", "AdamW"),
-        ("learning rate", tr["lr"]),
-        (
-            "schedule",
-            f"{tr['scheduler']}, warmup "
-            + (
-                f"{tr['warmup_steps']} steps"
-                if tr.get("warmup_steps") is not None
-                else f"{tr['warmup_ratio']:.0%} of steps"
-            ),
-        ),
-        ("mixed precision", _precision(tr, hist)),
-        ("packing", "yes" if cfg.get("mode") == "cpt" or tr.get("packing") else "no"),
-        (
-            "DoRA / rsLoRA / QLoRA",
-            f"{lora.get('dora', False)} / {lora.get('rslora', False)} / "
-            f"{lora.get('quantize', 'none')}",
-        ),
-        ("weight decay", tr["weight_decay"]),
-        ("max grad norm", tr["max_grad_norm"]),
-        ("batch size x grad accumulation", f"{tr['batch_size']} x {tr['grad_accum']}"),
-        (
-            "steps run",
-            f"{hist.get('steps', '?')} (max_steps {tr['max_steps']})"
-            if tr.get("max_steps")
-            else f"{hist.get('steps', '?')} ({tr['epochs']} epochs)",
-        ),
-        ("max sequence length", cfg["chat"]["max_seq_len"]),
-        ("seed", tr["seed"]),
-    ]
-    L += [f"| {k} | {v} |" for k, v in rows]
+
+def _training_section(
+    cfg: dict[str, Any], hist: dict[str, Any], adapted: dict[str, Any]
+) -> list[str]:
+    L = ["## LoRA and training", "", "| hyperparameter | value |", "|---|---|"]
+    L += [f"| {k} | {v} |" for k, v in _hyperparameters(cfg, hist, adapted)]
     if hist:
         va = hist.get("validation", [])
         L += [
@@ -174,82 +143,156 @@ def render_card(run: Path) -> str:
             "![loss curve](plots/loss.png)",
             "",
         ]
+    return L
 
-    if base and tuned and comp:
-        split = comp.get("split", "test")
+
+def _hyperparameters(
+    cfg: dict[str, Any], hist: dict[str, Any], adapted: dict[str, Any]
+) -> list[tuple[str, Any]]:
+    lora, tr = cfg["lora"], cfg["train"]
+    warmup = (
+        f"{tr['warmup_steps']} steps"
+        if tr.get("warmup_steps") is not None
+        else f"{tr['warmup_ratio']:.0%} of steps"
+    )
+    steps = (
+        f"{hist.get('steps', '?')} (max_steps {tr['max_steps']})"
+        if tr.get("max_steps")
+        else f"{hist.get('steps', '?')} ({tr['epochs']} epochs)"
+    )
+    return [
+        ("rank r", lora["r"]),
+        ("alpha", lora["alpha"]),
+        ("dropout", lora["dropout"]),
+        ("targets", lora["targets"]),
+        ("adapted modules", len(adapted.get("targets", []))),
+        ("trainable parameters", f"{adapted.get('parameters', {}).get('trainable', 0):,}"),
+        ("optimizer", "AdamW"),
+        ("learning rate", tr["lr"]),
+        ("schedule", f"{tr['scheduler']}, warmup {warmup}"),
+        ("mixed precision", _precision(tr, hist)),
+        ("packing", "yes" if cfg.get("mode") == "cpt" or tr.get("packing") else "no"),
+        (
+            "DoRA / rsLoRA / QLoRA",
+            f"{lora.get('dora', False)} / {lora.get('rslora', False)} / "
+            f"{lora.get('quantize', 'none')}",
+        ),
+        ("weight decay", tr["weight_decay"]),
+        ("max grad norm", tr["max_grad_norm"]),
+        ("batch size x grad accumulation", f"{tr['batch_size']} x {tr['grad_accum']}"),
+        ("steps run", steps),
+        ("max sequence length", cfg["chat"]["max_seq_len"]),
+        ("seed", tr["seed"]),
+    ]
+
+
+def _quantized(run: Path, cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each ``eval/gguf-*/metrics.json``, in the config's order (q8_0 before q4_k_m: falling
+    precision)."""
+    order = [f"gguf-{t}" for t in cfg.get("export", {}).get("gguf_types", [])]
+    found = {p.parent.name: p for p in (run / "eval").glob("gguf-*/metrics.json")}
+    ranked = sorted(found, key=lambda n: (order.index(n) if n in order else len(order), n))
+    return {n: read_json(found[n]) for n in ranked}
+
+
+def _results_section(run: Path, cfg: dict[str, Any]) -> list[str]:
+    """Base against tuned (and the GGUF files against tuned) on the held-out split."""
+    base = _load(run, "eval/base/metrics.json")
+    tuned = _load(run, "eval/tuned/metrics.json")
+    comp = _load(run, "eval/compare.json")
+    if not (base and tuned and comp):
+        return []
+    if "f1" in base or "accuracy" in base:
+        L = _answer_results(run, cfg, base, tuned, comp)
+    else:
+        L = _perplexity_results(base, tuned, comp)
+    if "f1" in base:
+        L += _squad_notes(cfg, comp)
+    return L
+
+
+def _results_head(comp: dict[str, Any]) -> list[str]:
+    return [f"## Results ({comp.get('split', 'test')} split, {comp['n']} records)", ""]
+
+
+def _answer_results(
+    run: Path, cfg: dict[str, Any], base: dict[str, Any], tuned: dict[str, Any], comp: dict
+) -> list[str]:
+    from specialize.report.eval_report import results_table
+
+    quantized = _quantized(run, cfg)
+    comp_gguf = _load(run, "eval/compare_gguf.json")
+    d = comp["deltas"]
+    shaped = comp if "vs_reference" in comp else comp | {"vs_reference": {"tuned": d}}
+    shown = {"base": base, "tuned": tuned} | quantized
+    against = {n: comp_gguf for n in quantized} if comp_gguf else {}
+    L = _results_head(comp) + results_table(shown, shaped | {"reference": "base"}, against)
+    if quantized:
         L += [
-            f"## Results ({split} split, {comp['n']} records)",
             "",
-            "| metric | base | tuned | delta (95% CI, paired bootstrap) |",
-            "|---|---:|---:|---|",
+            "The GGUF columns are the exported files answering through llama.cpp with "
+            "their own chat template; their deltas are against the tuned model they "
+            "were made from (paired on the same records). They have no loss or "
+            "perplexity column: those are computed by PyTorch on the HF model.",
         ]
-        d = comp["deltas"]
-        qa = "f1" in base or "accuracy" in base
-        if qa:
-            from specialize.report.eval_report import results_table
+    return L
 
-            shaped = comp if "vs_reference" in comp else comp | {"vs_reference": {"tuned": d}}
-            shown = {"base": base, "tuned": tuned} | quantized
-            against = {n: comp_gguf for n in quantized} if comp_gguf else {}
-            L[-2:] = results_table(shown, shaped | {"reference": "base"}, against)
-            if quantized:
-                L += [
-                    "",
-                    "The GGUF columns are the exported files answering through llama.cpp with "
-                    "their own chat template; their deltas are against the tuned model they "
-                    "were made from (paired on the same records). They have no loss or "
-                    "perplexity column: those are computed by PyTorch on the HF model.",
-                ]
-        if not qa:
+
+def _perplexity_results(
+    base: dict[str, Any], tuned: dict[str, Any], comp: dict[str, Any]
+) -> list[str]:
+    d = comp["deltas"]
+    change = tuned["perplexity"] / base["perplexity"] - 1
+    return _results_head(comp) + [
+        "| metric | base | tuned | delta (95% CI, paired bootstrap) |",
+        "|---|---:|---:|---|",
+        f"| loss (all tokens) | {_fmt(base['loss'])} | {_fmt(tuned['loss'])} | {_ci(d['loss'])} |",
+        f"| perplexity | {_fmt(base['perplexity'], 3)} | "
+        f"{_fmt(tuned['perplexity'], 3)} | "
+        f"{_ci(d['perplexity'], 3) if 'perplexity' in d else ''} |",
+        "",
+        f"Held-out perplexity changed by {change:+.1%} over {base.get('tokens', '?')}"
+        " tokens of documents never trained on.",
+        "",
+        "![metrics](plots/metrics.png)",
+        "",
+    ]
+
+
+def _squad_notes(cfg: dict[str, Any], comp: dict[str, Any]) -> list[str]:
+    """How open answers were scored, the breakdowns, and where the answers are."""
+    L = [
+        "",
+        "EM and F1 use SQuAD v1.1 answer normalisation; greedy decoding, at most "
+        f"{cfg['eval']['max_new_tokens']} new tokens.",
+        "",
+        "![metrics](plots/metrics.png)",
+        "",
+    ]
+    for field, by in comp.get("breakdowns", {}).items():
+        L += [
+            f"### By {field}",
+            "",
+            f"| {field} | n | base EM | tuned EM | base F1 | tuned F1 |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for key, b in by["base"].items():
+            t = by["tuned"][key]
             L.append(
-                f"| loss (all tokens) | {_fmt(base['loss'])} | {_fmt(tuned['loss'])} | "
-                f"{_ci(d['loss'])} |"
+                f"| {key} | {b['n']} | {b['exact_match']:.3f} | {t['exact_match']:.3f}"
+                f" | {b['f1']:.3f} | {t['f1']:.3f} |"
             )
-            L.append(
-                f"| perplexity | {_fmt(base['perplexity'], 3)} | "
-                f"{_fmt(tuned['perplexity'], 3)} | "
-                f"{_ci(d['perplexity'], 3) if 'perplexity' in d else ''} |"
-            )
-            change = tuned["perplexity"] / base["perplexity"] - 1
-            L += [
-                "",
-                f"Held-out perplexity changed by {change:+.1%} over {base.get('tokens', '?')}"
-                " tokens of documents never trained on.",
-                "",
-                "![metrics](plots/metrics.png)",
-                "",
-            ]
-    if base and tuned and comp and "f1" in base:
-        L += [
-            "",
-            "EM and F1 use SQuAD v1.1 answer normalisation; greedy decoding, at most "
-            f"{cfg['eval']['max_new_tokens']} new tokens.",
-            "",
-            "![metrics](plots/metrics.png)",
-            "",
-        ]
-        for field, by in comp.get("breakdowns", {}).items():
-            L += [
-                f"### By {field}",
-                "",
-                f"| {field} | n | base EM | tuned EM | base F1 | tuned F1 |",
-                "|---|---:|---:|---:|---:|---:|",
-            ]
-            for key, b in by["base"].items():
-                t = by["tuned"][key]
-                L.append(
-                    f"| {key} | {b['n']} | {b['exact_match']:.3f} | {t['exact_match']:.3f}"
-                    f" | {b['f1']:.3f} | {t['f1']:.3f} |"
-                )
-            L.append("")
-        L += [
-            "Per-record predictions: `eval/base/predictions.jsonl`, "
-            "`eval/tuned/predictions.jsonl`, side by side in `eval/side_by_side.jsonl`.",
-            "",
-        ]
+        L.append("")
+    return L + [
+        "Per-record predictions: `eval/base/predictions.jsonl`, "
+        "`eval/tuned/predictions.jsonl`, side by side in `eval/side_by_side.jsonl`.",
+        "",
+    ]
 
+
+def _merge_section(merge: dict[str, Any] | None) -> list[str]:
     if merge and merge.get("saved_dtype") in ("bfloat16", "float16"):
-        L += [
+        return [
             "## Export",
             "",
             f"Merged model (LoRA folded in) in `merged/`, saved in {merge['saved_dtype']}. "
@@ -263,8 +306,8 @@ def render_card(run: Path) -> str:
             f"by {merge['max_abs_diff_vs_base']:.2e}.",
             "",
         ]
-    elif merge:
-        L += [
+    if merge:
+        return [
             "## Export",
             "",
             f"Merged model (LoRA folded in) in `merged/`. Reloaded with "
@@ -277,11 +320,12 @@ def render_card(run: Path) -> str:
             f"{merge['max_abs_diff_vs_base']:.2e}.",
             "",
         ]
+    return []
 
-    L += edge_section(run, name)
 
+def _hardware_section(env: dict[str, Any], timings: dict[str, Any]) -> list[str]:
     hw = env.get("hardware", {})
-    L += [
+    L = [
         "## Hardware and time",
         "",
         f"{hw.get('cpu', '?')}, {hw.get('cpu_cores', '?')} cores "
@@ -293,9 +337,12 @@ def render_card(run: Path) -> str:
     ]
     for k, v in timings.get("stages_s", {}).items():
         L.append(f"| {k} | {v:.1f} |")
-    L += [f"| **total** | **{timings.get('total_s', 0):.1f}** |", ""]
+    return L + [f"| **total** | **{timings.get('total_s', 0):.1f}** |", ""]
+
+
+def _versions_section(env: dict[str, Any]) -> list[str]:
     ver = env.get("versions", {})
-    L += ["## Framework versions", "", ", ".join(f"{k} {v}" for k, v in ver.items()), ""]
+    L = ["## Framework versions", "", ", ".join(f"{k} {v}" for k, v in ver.items()), ""]
     stack = env.get("installed", {})
     build = stack.get("llama_cpp_build")
     if build:
@@ -318,9 +365,12 @@ def render_card(run: Path) -> str:
             f"{what}; full list in `env.json`.",
             "",
         ]
+    return L
 
+
+def _how_to_load(run: Path) -> list[str]:
     meta = _load(run, "adapter/specialize.json") or {}
-    L += [
+    L = [
         "## How to load",
         "",
         "```python",
@@ -352,7 +402,7 @@ def render_card(run: Path) -> str:
             f'base = AutoModelForCausalLM.from_pretrained("{files}")',
             f'tok = AutoTokenizer.from_pretrained("{files}")',
         ]
-    L += [
+    return L + [
         'model = PeftModel.from_pretrained(base, "adapter")',
         "",
         "# or the merged model, no PEFT needed:",
@@ -360,7 +410,6 @@ def render_card(run: Path) -> str:
         "```",
         "",
     ]
-    return "\n".join(L)
 
 
 def _mb(n: int | None) -> str:
@@ -374,34 +423,30 @@ def edge_section(run: Path, name: str) -> list[str]:
     speed = (_load(run, "export/speed.json") or {}).get("artifacts", {})
     if not sizes:
         return []
-    gg = sizes.get("gguf", {})
+    L = _edge_table(sizes, speed, name)
+    if checks:
+        L += _edge_checks(checks)
+    if sizes.get("gguf"):
+        L += _edge_how_to_run(list(sizes["gguf"]), bool(checks and checks.get("template")), name)
+    return L + [""]
+
+
+def _edge_table(sizes: dict[str, Any], speed: dict[str, Any], name: str) -> list[str]:
     L = [
         "## Edge export (GGUF)",
         "",
         "| artifact | file | size | bits/weight | CPU tokens/s |",
         "|---|---|---:|---:|---:|",
     ]
+    base_file = f"`{Path(sizes['base_path']).name}`" if sizes.get("base_path") else "-"
     rows = [
-        (
-            "base (PyTorch float32)",
-            f"`{Path(sizes['base_path']).name}`" if sizes.get("base_path") else "-",
-            sizes.get("base"),
-            None,
-            "base",
-        ),
+        ("base (PyTorch float32)", base_file, sizes.get("base"), None, "base"),
         ("base + adapter (PEFT)", "`adapter/`", sizes.get("adapter"), None, "adapter"),
         ("merged (PyTorch float32)", "`merged/`", sizes.get("merged"), None, "merged"),
     ]
-    for t, g in gg.items():
-        rows.append(
-            (
-                f"GGUF {t.upper()} (llama.cpp)",
-                f"`gguf/{name}-{t}.gguf`",
-                g.get("bytes"),
-                g.get("bits_per_weight"),
-                f"gguf-{t}",
-            )
-        )
+    for t, g in sizes.get("gguf", {}).items():
+        label, file = f"GGUF {t.upper()} (llama.cpp)", f"`gguf/{name}-{t}.gguf`"
+        rows.append((label, file, g.get("bytes"), g.get("bits_per_weight"), f"gguf-{t}"))
     for label, file, size, bpw, key in rows:
         tps = speed.get(key, {}).get("tokens_per_s")
         L.append(
@@ -418,75 +463,79 @@ def edge_section(run: Path, name: str) -> list[str]:
             "merged sizes are their weight files (a base stored as GGUF is dequantized to "
             "float32 when loaded).",
         ]
-    if checks:
-        tpl = checks.get("template")
-        if tpl:
-            probe = tpl.get("stop_probe", {})
-            L += [
-                "",
-                f"Round-trip checks (`export/gguf_checks.json`): {tpl.get('ids_identical')} of "
-                f"{tpl.get('conversations')} test conversations render to identical token ids "
-                "with the HF tokenizer's template and with the GGUF's own template; generation "
-                f"{'stops' if probe.get('stopped_correctly') else 'does NOT stop'} at the "
-                f"end-of-turn token (id {probe.get('end_of_turn_id')}).",
-            ]
-        else:
-            L += [
-                "",
-                "Round-trip checks (`export/gguf_checks.json`) on held-out documents (a CPT "
-                "run trains no chat template, so none is checked).",
-            ]
-        L += [
+    return L
+
+
+def _edge_checks(checks: dict[str, Any]) -> list[str]:
+    """The round-trip checks: template, stop token, and per file logits and answers."""
+    tpl = checks.get("template")
+    if tpl:
+        probe = tpl.get("stop_probe", {})
+        L = [
             "",
-            "| GGUF | positions | top-1 agreement with merged | mean KL (nats) "
-            "| perplexity of every token, merged → GGUF | identical greedy answers | check |",
-            "|---|---:|---:|---:|---:|---:|---|",
+            f"Round-trip checks (`export/gguf_checks.json`): {tpl.get('ids_identical')} of "
+            f"{tpl.get('conversations')} test conversations render to identical token ids "
+            "with the HF tokenizer's template and with the GGUF's own template; generation "
+            f"{'stops' if probe.get('stopped_correctly') else 'does NOT stop'} at the "
+            f"end-of-turn token (id {probe.get('end_of_turn_id')}).",
         ]
-        for t, c in checks.items():
-            if t == "template":
-                continue
-            lg, an = c["logits"], c["answers"]
-            verdict = (
-                ("passed" if c["passed"] else "FAILED") + f" (top-1 ≥ {lg['min_top1']:.0%})"
-                if lg.get("min_top1")
-                else "reported"
-            )
-            ppl = (
-                f"{lg['perplexity_hf']:.3f} → {lg['perplexity_gguf']:.3f}"
-                if "perplexity_gguf" in lg
-                else "-"
-            )
-            L.append(
-                f"| {t.upper()} | {lg['positions']} | {lg['top1_agreement']:.2%} | "
-                f"{lg['kl_mean']:.2e} | {ppl} | {an['identical']}/{an['prompts']} | {verdict} |"
-            )
-        L += [
+    else:
+        L = [
             "",
-            "Positions are every token of held-out test conversations (prompts included), so "
-            "this perplexity is not the answer-token perplexity of the results table and can "
-            "move the other way; whether the tuned behaviour survived is what the GGUF columns "
-            "of the results table measure."
-            if tpl
-            else "Positions are the first tokens of held-out documents: the perplexity column "
-            "is what each file keeps of what continued pre-training taught.",
+            "Round-trip checks (`export/gguf_checks.json`) on held-out documents (a CPT "
+            "run trains no chat template, so none is checked).",
         ]
-    if gg:
-        small = f"{name}-{list(gg)[-1]}.gguf"
-        chat = bool(checks and checks.get("template"))
-        L += [
-            "",
-            "Run it with llama.cpp or Ollama (the chat template and stop token are in the file):",
-            "",
-            "```bash",
-            f"llama-cli -m gguf/{small} -cnv"
-            if chat
-            else f'llama-cli -m gguf/{small} -no-cnv -p "The first words of a text"',
-            f"llama-server -m gguf/{small} --port 8080   # OpenAI-compatible /v1/chat/completions",
-            f'printf "FROM ./gguf/{small}\\n" > Modelfile && ollama create {name} -f Modelfile '
-            f"&& ollama run {name}",
-            "```",
-        ]
-    return L + [""]
+    L += [
+        "",
+        "| GGUF | positions | top-1 agreement with merged | mean KL (nats) "
+        "| perplexity of every token, merged → GGUF | identical greedy answers | check |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for t, c in checks.items():
+        if t == "template":
+            continue
+        lg, an = c["logits"], c["answers"]
+        verdict = (
+            ("passed" if c["passed"] else "FAILED") + f" (top-1 ≥ {lg['min_top1']:.0%})"
+            if lg.get("min_top1")
+            else "reported"
+        )
+        ppl = (
+            f"{lg['perplexity_hf']:.3f} → {lg['perplexity_gguf']:.3f}"
+            if "perplexity_gguf" in lg
+            else "-"
+        )
+        L.append(
+            f"| {t.upper()} | {lg['positions']} | {lg['top1_agreement']:.2%} | "
+            f"{lg['kl_mean']:.2e} | {ppl} | {an['identical']}/{an['prompts']} | {verdict} |"
+        )
+    return L + [
+        "",
+        "Positions are every token of held-out test conversations (prompts included), so "
+        "this perplexity is not the answer-token perplexity of the results table and can "
+        "move the other way; whether the tuned behaviour survived is what the GGUF columns "
+        "of the results table measure."
+        if tpl
+        else "Positions are the first tokens of held-out documents: the perplexity column "
+        "is what each file keeps of what continued pre-training taught.",
+    ]
+
+
+def _edge_how_to_run(types: list[str], chat: bool, name: str) -> list[str]:
+    small = f"{name}-{types[-1]}.gguf"
+    return [
+        "",
+        "Run it with llama.cpp or Ollama (the chat template and stop token are in the file):",
+        "",
+        "```bash",
+        f"llama-cli -m gguf/{small} -cnv"
+        if chat
+        else f'llama-cli -m gguf/{small} -no-cnv -p "The first words of a text"',
+        f"llama-server -m gguf/{small} --port 8080   # OpenAI-compatible /v1/chat/completions",
+        f'printf "FROM ./gguf/{small}\\n" > Modelfile && ollama create {name} -f Modelfile '
+        f"&& ollama run {name}",
+        "```",
+    ]
 
 
 def write_card(run: Path) -> Path:
