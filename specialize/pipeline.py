@@ -37,6 +37,7 @@ from specialize.rundir import RunDir
 from specialize.runinfo import Timer, hardware, installed_stack, versions
 from specialize.train.checkpoint import complete_checkpoints, fingerprint
 
+# prepare_data and training_rows are re-exported: scripts and benches import them from here.
 __all__ = ["prepare_data", "run", "training_fingerprint", "training_rows"]
 
 log = logging.getLogger("specialize")

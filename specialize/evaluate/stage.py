@@ -22,6 +22,10 @@ Files, written here and nowhere else: ``<out>/<variant>/predictions.jsonl`` and
 ``reuse`` reads finished variants back instead of evaluating them again), and, with
 ``partial_dir``, ``<partial_dir>/<variant>.partial.jsonl``: answers appended as they finish,
 so an interrupted evaluation generates only what it had not answered.
+
+Comparisons are not made here: a run evaluates base before training, tuned after it and the
+GGUF files after export, so :func:`evaluate` returns each call's :class:`EvalResults` and the
+caller adds them up and hands them to :mod:`specialize.evaluate.compare`.
 """
 
 from __future__ import annotations
@@ -168,12 +172,12 @@ def evaluate(
             partial = partial_dir / f"{variant.name}.partial.jsonl" if partial_dir else None
             result = _evaluate_answers(variant, inputs, partial, scorer, judge, progress)
         if out_dir is not None:
-            write_variant(out_dir, result, settings.split)
+            _write_variant(out_dir, result, settings.split)
         results.variants[variant.name] = result
     return results
 
 
-def write_variant(out_dir: Path, result: VariantResult, split: str | None = None) -> None:
+def _write_variant(out_dir: Path, result: VariantResult, split: str | None = None) -> None:
     """``<out_dir>/<name>/predictions.jsonl``, then ``metrics.json`` (its presence: done)."""
     folder = out_dir / result.name
     write_jsonl(folder / "predictions.jsonl", result.predictions)
@@ -329,7 +333,7 @@ def _answers(
         sink = partial.open("a", encoding="utf-8")
 
     def finished(k: int, result: Result) -> None:
-        row = {"id": ids[todo[k]], **answer_of(result)}
+        row = {"id": ids[todo[k]], **_answer_of(result)}
         done[row["id"]] = row
         if sink is not None and not result.error:
             sink.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -347,7 +351,7 @@ def _answers(
     return [done[rid] for rid in ids]
 
 
-def answer_of(result: Result) -> dict[str, Any]:
+def _answer_of(result: Result) -> dict[str, Any]:
     """A backend's result as an answer row (the partial file's format)."""
     row: dict[str, Any] = {
         "text": result.text,
