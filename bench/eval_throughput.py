@@ -37,13 +37,13 @@ sys.path.insert(0, str(ROOT))
 def test_records(n: int) -> tuple[list[dict[str, Any]], Any, Any, str]:
     """The first ``n`` test records of the space example, its tokenizer, model and format."""
     from specialize.config import load_config
+    from specialize.data.prepare import prepare_data
     from specialize.models.load import load_model, load_tokenizer, resolve
-    from specialize.pipeline import prepare_data
 
     cfg = load_config(ROOT / "examples" / "space" / "config.yaml")
     source = resolve(cfg.model.base, cfg._base_dir)
     tokenizer = load_tokenizer(source)
-    records = prepare_data(cfg)["splits"]["test"][:n]
+    records = prepare_data(cfg).splits["test"][:n]
     if len(records) < n:
         raise SystemExit(f"--records {n}: the test split has only {len(records)} records")
     return records, tokenizer, load_model(source, "float32"), cfg.chat.format

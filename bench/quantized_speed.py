@@ -55,10 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from specialize.evaluate.evaluation import compare_variants, evaluate_variant
-    from specialize.export.gguf import GGUFBackend
+    from specialize.evaluate.compare import compare_variants
+    from specialize.evaluate.stage import EvalSettings, Variant, evaluate
     from specialize.export.speed import gguf_tokens_per_s, hf_tokens_per_s
     from specialize.infer.llama_process import cpu_threads
+    from specialize.infer.llamacpp import LlamaCppBackend
     from specialize.io import read_jsonl
     from specialize.models.chat import render_prompt
     from specialize.runinfo import hardware, installed_stack
@@ -93,21 +94,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"quality: {len(records)} test records, token F1")
     t0 = time.perf_counter()
     max_new = int(cfg["eval"]["max_new_tokens"])
-    preds: dict[str, list[dict[str, Any]]] = {}
-    metrics: dict[str, dict[str, Any]] = {}
-    preds["hf_fp32"], metrics["hf_fp32"] = evaluate_variant(
-        model, tok, records, fmt, max_new, int(cfg["eval"]["batch_size"]), "hf_fp32", loglik=False
+    settings = EvalSettings(
+        fmt=fmt, max_new_tokens=max_new, batch_size=int(cfg["eval"]["batch_size"]), loglik=False
     )
-    preds["q4_k_m"], metrics["q4_k_m"] = evaluate_variant(
-        None,
-        tok,
+    q4 = ggufs["q4_k_m"]
+    results = evaluate(
+        [
+            Variant("hf_fp32", model=model, tokenizer=tok),
+            Variant("q4_k_m", open_backend=lambda: LlamaCppBackend(q4, n_threads=cpu_threads())),
+        ],
         records,
-        fmt,
-        max_new,
-        1,
-        "q4_k_m",
-        backend=GGUFBackend(ggufs["q4_k_m"], n_threads=cpu_threads()),
+        settings,
     )
+    preds, metrics = results.predictions(), results.metrics()
     comp = compare_variants(preds, [], args.bootstrap, 17)
     d = comp["vs_reference"]["q4_k_m"]["f1"]
     hf_tps, q4_tps = speed["hf_fp32"]["tokens_per_s"], speed["q4_k_m"]["tokens_per_s"]

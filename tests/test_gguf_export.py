@@ -438,8 +438,9 @@ def test_adapted_head_logits_match_merged_not_base(head_adapted, tmp_path):
 @needs_llama_cpp
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q5_K_M", "Q4_K_M"])
 def test_quantize_loads_and_answers(qtype, tiny, f16, tmp_path):
-    from specialize.evaluate.backends import Backend, Generation
-    from specialize.export.gguf import GGUFBackend, check_logits, quantize
+    from specialize.export.gguf import check_logits, quantize
+    from specialize.infer.llamacpp import LlamaCppBackend
+    from specialize.infer.types import Backend, Request
 
     model, _ = tiny
     out = tmp_path / f"tiny-{qtype}.gguf"
@@ -454,34 +455,39 @@ def test_quantize_loads_and_answers(qtype, tiny, f16, tmp_path):
     assert np.isfinite(logits["kl_mean"]) and logits["positions"] > 0
     if qtype == "Q8_0":
         assert logits["top1_agreement"] >= 0.9, logits
-    backend = GGUFBackend(out, n_ctx=512)
-    assert isinstance(backend, Backend)
-    gens = backend.generate(PROMPTS[:2], max_new_tokens=6, progress=False)
-    assert len(gens) == 2 and all(isinstance(g, Generation) for g in gens)
+    with LlamaCppBackend(out, n_ctx=512) as backend:
+        assert isinstance(backend, Backend)
+        reqs = [Request(messages=list(p), max_new_tokens=6) for p in PROMPTS[:2]]
+        gens = backend.generate(reqs, progress=False)
+    assert len(gens) == 2 and all(g.ok for g in gens)
     assert all(0 < g.new_tokens <= 6 and isinstance(g.text, str) for g in gens)
 
 
 @needs_llama_cpp
 def test_backend_stops_and_honours_stop_strings(tiny, f16):
-    from specialize.export.gguf import GGUFBackend
+    from specialize.infer.llamacpp import LlamaCppBackend
+    from specialize.infer.types import Constraint, Request
 
-    backend = GGUFBackend(f16, n_ctx=512)
-    first = backend.generate(PROMPTS[:1], max_new_tokens=8, progress=False)[0]
-    again = backend.generate(PROMPTS[:1], max_new_tokens=8, progress=False)[0]
-    assert first == again  # greedy is deterministic across calls
-    assert first.stopped or first.new_tokens == 8
-    if first.text.strip():
-        stop = first.text.strip()[:1]
-        cut = backend.generate(PROMPTS[:1], max_new_tokens=8, stop=[stop], progress=False)[0]
-        assert cut.stopped and stop not in cut.text
-    schema = {
-        "type": "object",
-        "properties": {"verdict": {"type": "string", "enum": ["yes", "no"]}},
-        "required": ["verdict"],
-    }
-    assert backend.supports_json_schema
-    for g in backend.generate(PROMPTS[:2], max_new_tokens=40, json_schema=schema, progress=False):
-        assert g.stopped and json.loads(g.text)["verdict"] in ("yes", "no"), g
+    def ask(n: int, **kw) -> list[Request]:
+        return [Request(messages=list(p), **kw) for p in PROMPTS[:n]]
+
+    with LlamaCppBackend(f16, n_ctx=512) as backend:
+        first = backend.generate(ask(1, max_new_tokens=8), progress=False)[0]
+        again = backend.generate(ask(1, max_new_tokens=8), progress=False)[0]
+        assert first == again  # greedy is deterministic across calls
+        assert first.stopped or first.new_tokens == 8
+        if first.text.strip():
+            stop = first.text.strip()[:1]
+            cut = backend.generate(ask(1, max_new_tokens=8, stop=(stop,)), progress=False)[0]
+            assert cut.stopped and stop not in cut.text
+        schema = {
+            "type": "object",
+            "properties": {"verdict": {"type": "string", "enum": ["yes", "no"]}},
+            "required": ["verdict"],
+        }
+        c = Constraint.json_schema(schema)
+        for g in backend.generate(ask(2, max_new_tokens=40, constraint=c), progress=False):
+            assert g.stopped and g.ok and g.value["verdict"] in ("yes", "no"), g
 
 
 @needs_llama_cpp

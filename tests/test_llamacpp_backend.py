@@ -100,18 +100,18 @@ def test_is_a_backend_named_after_the_file(backend, f16):
 
 
 @needs_llama_cpp
-def test_greedy_answers_equal_the_old_gguf_backend(backend, f16):
-    from specialize.export.gguf import GGUFBackend
+def test_greedy_answers_equal_llama_cpp_chat_completion(backend, f16):
+    """The backend adds nothing to llama.cpp's own greedy chat completion."""
+    from specialize.infer.llama_process import LlamaProcess
 
-    old = GGUFBackend(f16, n_ctx=1024)
-    try:
-        want = old.generate(CHATS, max_new_tokens=12, progress=False)
-    finally:
-        old.llm.close()
+    with LlamaProcess(f16, n_ctx=1024, purpose="testing") as llm:
+        want = [
+            llm.chat(list(c), max_tokens=12, temperature=0.0, repeat_penalty=1.0)["choices"][0]
+            for c in CHATS
+        ]
     got = backend.generate([Request(messages=c, max_new_tokens=12) for c in CHATS], progress=False)
-    assert [r.text for r in got] == [g.text for g in want]
-    assert [r.new_tokens for r in got] == [g.new_tokens for g in want]
-    assert [r.stopped for r in got] == [g.stopped for g in want]
+    assert [r.text for r in got] == [(w.get("message") or {}).get("content") or "" for w in want]
+    assert [r.stopped for r in got] == [w.get("finish_reason") == "stop" for w in want]
     assert all(r.ok and r.finish_reason in ("stop", "length") for r in got)
     assert all(r.finish_reason == "stop" or r.new_tokens == 12 for r in got)
 

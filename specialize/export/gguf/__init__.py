@@ -8,8 +8,9 @@ One module per job:
 * :mod:`.quantize`: :func:`quantize` to Q8_0/Q5_K_M/Q4_K_M with llama.cpp's own quantizer.
 * :mod:`.checks`: the round trips through llama.cpp (:func:`check_template`,
   :func:`check_logits`, :func:`check_answers` against :func:`hf_greedy_answers`).
-* :mod:`.legacy_backend`: :class:`GGUFBackend`, the old evaluation-interface backend, until
-  its callers use :class:`specialize.infer.llamacpp.LlamaCppBackend`.
+
+Answering with a GGUF file is the inference layer's job:
+:class:`specialize.infer.llamacpp.LlamaCppBackend`.
 
 Every use of llama.cpp goes through :class:`specialize.infer.llama_process.LlamaProcess`
 (a child process per opened file), the one way specialize opens a GGUF. The names below are
@@ -42,7 +43,6 @@ from specialize.export.gguf.convert import (
     llama3_rope_factors,
     permute_rotary,
 )
-from specialize.export.gguf.legacy_backend import GGUFBackend
 from specialize.export.gguf.quantize import QUANT_TYPES, quantize
 from specialize.infer.llama_process import LLAMA_CPP_PIP, LlamaProcess, NativeCrash
 
@@ -60,7 +60,6 @@ __all__ = [
     "_LLAMA3_REGEX",
     "_pre_tokenizer_name",
     "ArchSpec",
-    "GGUFBackend",
     "LlamaProcess",
     "NativeCrash",
     "arch_spec",
