@@ -290,84 +290,18 @@ def fit(state: TrainState, progress: bool = True) -> dict[str, Any]:
             group = groups[state.next_group]
             state.next_group += 1
             t_step = time.perf_counter()
-            batches = [
-                {k: v.to(acc.device) for k, v in collate(b, state.pad_id).items()} for b in group
-            ]
-            loss_sum, n_total = accumulate_gradients(state, batches)
-            if not math.isfinite(loss_sum):
-                # Stop before the optimizer applies a non-finite update.
-                state.optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteLoss(f"loss became {loss_sum} at step {state.step + 1}")
-            acc.clip_grad_norm_(
-                [p for p in state.model.parameters() if p.requires_grad], cfg.max_grad_norm
-            )
-            state.optimizer.step()
-            state.scheduler.step()
-            state.optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            # Real (non-pad) tokens; a process's idle slot (all labels ignored) adds none.
-            real = sum(
-                int(b["attention_mask"].sum())
-                for b in batches
-                if bool((b["labels"] != IGNORE).any())
-            )
-            real = int(acc.reduce(torch.tensor(real, device=acc.device), "sum"))
+            real, mean = _optimizer_step(state, group)
             tokens_seen += real
-            mean = loss_sum / n_total
-            dt = time.perf_counter() - t_step
-            rec = {
-                "step": state.step,
-                "epoch": state.epoch,
-                "loss": mean,
-                "lr": state.scheduler.get_last_lr()[0],
-                "tokens": tokens_seen,
-                "tokens_per_s": real / dt,
-            }
-            state.history["train"].append(rec)
-            state.history["tokens_in_run"] = tokens_seen
-            state.history["step_s"] = state.history.get("step_s", 0.0) + dt
-            bar.update(1)
-            bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{real / dt:.0f}")
-            if state.step % cfg.log_every == 0 and acc.is_main_process:
-                log.info(
-                    "step %d/%d loss %.4f lr %.2e tokens/s %.0f",
-                    state.step,
-                    state.total_steps,
-                    mean,
-                    rec["lr"],
-                    rec["tokens_per_s"],
-                )
+            _record_step(state, mean, real, time.perf_counter() - t_step, tokens_seen, bar)
             if state.step % cfg.eval_every == 0 or state.step == state.total_steps:
-                vl = validate(state)
-                state.history["validation"].append({"step": state.step, "loss": vl})
-                log.info("step %d validation loss %.4f", state.step, vl)
-                state.loss_module.train()
-                if _after_validation(state, vl):
-                    log.info(
-                        "early stopping at step %d: no improvement for %d validations "
-                        "(best %.4f at step %d)",
-                        state.step,
-                        cfg.early_stopping_patience,
-                        state.best["loss"],
-                        state.best["step"],
-                    )
-                    stop = True
+                stop = _validate_in_fit(state)
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
                 _checkpoint(state)
         if state.next_group >= len(groups):
             state.epoch += 1
             state.next_group = 0
     bar.close()
-    if state.best.get("weights") and state.best["step"] != state.step:
-        params = dict(state.model.named_parameters())
-        with torch.no_grad():
-            for n, t in state.best["weights"].items():
-                params[n].copy_(t)
-        log.info(
-            "restored the best adapter (step %d, validation loss %.4f)",
-            state.best["step"],
-            state.best["loss"],
-        )
+    _restore_best(state)
     wall = time.perf_counter() - t0
     state.history.update(
         steps=state.step,
@@ -381,6 +315,90 @@ def fit(state: TrainState, progress: bool = True) -> dict[str, Any]:
         mixed_precision=state.precision,
     )
     return state.history
+
+
+def _optimizer_step(state: TrainState, group: list[Any]) -> tuple[int, float]:
+    """One optimizer step over a group of micro-batches: (real tokens, mean loss)."""
+    acc = state.accelerator
+    batches = [{k: v.to(acc.device) for k, v in collate(b, state.pad_id).items()} for b in group]
+    loss_sum, n_total = accumulate_gradients(state, batches)
+    if not math.isfinite(loss_sum):
+        # Stop before the optimizer applies a non-finite update.
+        state.optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteLoss(f"loss became {loss_sum} at step {state.step + 1}")
+    acc.clip_grad_norm_(
+        [p for p in state.model.parameters() if p.requires_grad], state.cfg.max_grad_norm
+    )
+    state.optimizer.step()
+    state.scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    # Real (non-pad) tokens; a process's idle slot (all labels ignored) adds none.
+    real = sum(
+        int(b["attention_mask"].sum()) for b in batches if bool((b["labels"] != IGNORE).any())
+    )
+    real = int(acc.reduce(torch.tensor(real, device=acc.device), "sum"))
+    return real, loss_sum / n_total
+
+
+def _record_step(
+    state: TrainState, mean: float, real: int, dt: float, tokens_seen: int, bar: Any
+) -> None:
+    """The step's line in the history, the progress bar and (every log_every) the log."""
+    rec = {
+        "step": state.step,
+        "epoch": state.epoch,
+        "loss": mean,
+        "lr": state.scheduler.get_last_lr()[0],
+        "tokens": tokens_seen,
+        "tokens_per_s": real / dt,
+    }
+    state.history["train"].append(rec)
+    state.history["tokens_in_run"] = tokens_seen
+    state.history["step_s"] = state.history.get("step_s", 0.0) + dt
+    bar.update(1)
+    bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{real / dt:.0f}")
+    if state.step % state.cfg.log_every == 0 and state.accelerator.is_main_process:
+        log.info(
+            "step %d/%d loss %.4f lr %.2e tokens/s %.0f",
+            state.step,
+            state.total_steps,
+            mean,
+            rec["lr"],
+            rec["tokens_per_s"],
+        )
+
+
+def _validate_in_fit(state: TrainState) -> bool:
+    """Validate, record it, and say whether early stopping ends training here."""
+    vl = validate(state)
+    state.history["validation"].append({"step": state.step, "loss": vl})
+    log.info("step %d validation loss %.4f", state.step, vl)
+    state.loss_module.train()
+    if not _after_validation(state, vl):
+        return False
+    log.info(
+        "early stopping at step %d: no improvement for %d validations (best %.4f at step %d)",
+        state.step,
+        state.cfg.early_stopping_patience,
+        state.best["loss"],
+        state.best["step"],
+    )
+    return True
+
+
+def _restore_best(state: TrainState) -> None:
+    """With early stopping, end on the best validated adapter, not the last one."""
+    if state.best.get("weights") and state.best["step"] != state.step:
+        params = dict(state.model.named_parameters())
+        with torch.no_grad():
+            for n, t in state.best["weights"].items():
+                params[n].copy_(t)
+        log.info(
+            "restored the best adapter (step %d, validation loss %.4f)",
+            state.best["step"],
+            state.best["loss"],
+        )
 
 
 def save(state: TrainState, adapter_dir: Path) -> None:
