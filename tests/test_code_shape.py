@@ -11,8 +11,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "specialize"
 MAX_LINES = 80
@@ -60,7 +58,6 @@ def _functions(tree: ast.AST, prefix: str = ""):
             yield from _functions(node, prefix)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 11 refactor in progress")
 def test_no_unexplained_long_functions():
     offenders = long_functions()
     assert not offenders, (
