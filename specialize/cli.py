@@ -5,6 +5,8 @@
     specialize eval TARGET         evaluate a run's base and tuned models, or a suite config
     specialize export RUN_DIR      GGUF F16 + quantized files with round-trip checks
     specialize card RUN_DIR        rewrite MODEL_CARD.md from a run's files
+    specialize generate MODEL --input P.jsonl --output A.jsonl [--schema S.json | --choice
+                                   a,b | --regex R]   answer prompts, optionally constrained
     specialize config-docs         every config field with its type, default and meaning
 
 Bad input ends with one line on stderr naming the file, line or field, and exit code 2; a
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -130,6 +133,39 @@ def cmd_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from specialize.infer.files import GenerateOptions, generate_file, load_constraint
+
+    constraint = load_constraint(
+        Path(args.schema) if args.schema else None, args.regex, args.choice
+    )
+    opts = GenerateOptions(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        retries=args.retries,
+        batch_size=args.batch_size,
+        chat_format=args.chat_format,
+        model_name=args.model_name,
+        api_key=os.environ.get("SPECIALIZE_API_KEY"),
+    )
+    counts = generate_file(
+        args.model, Path(args.input), Path(args.output), constraint, opts, not args.no_progress
+    )
+    logging.getLogger("specialize").info(
+        "%d answers -> %s (%d valid, %d invalid, %d errors, %d retries, %d schema fallbacks)",
+        counts.requests,
+        args.output,
+        counts.valid,
+        counts.invalid,
+        counts.errors,
+        counts.retries,
+        counts.fallbacks,
+    )
+    return 0
+
+
 def cmd_config_docs(args: argparse.Namespace) -> int:
     from specialize.config import config_docs
 
@@ -195,6 +231,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("card", help="rewrite MODEL_CARD.md from a run directory")
     sp.add_argument("run_dir")
     sp.set_defaults(fn=cmd_card)
+    sp = sub.add_parser("generate", help="answer a JSONL of prompts, optionally constrained")
+    sp.add_argument("model", help="URL, .gguf file, run directory, model folder or bundled:NAME")
+    sp.add_argument("--input", required=True, help='JSONL: {"prompt": ...} or {"messages": ...}')
+    sp.add_argument("--output", required=True, help="answers JSONL (+ .stats.json beside it)")
+    sp.add_argument("--schema", help="JSON schema file the answers must match")
+    sp.add_argument("--regex", help="regular expression the answers must match")
+    sp.add_argument("--choice", help="comma-separated answers, one of which must be given")
+    sp.add_argument("--max-new-tokens", type=int, default=256)
+    sp.add_argument("--temperature", type=float, default=0.0)
+    sp.add_argument("--top-p", type=float, default=1.0)
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--retries", type=int, default=2, help="re-asks of an invalid answer")
+    sp.add_argument("--batch-size", type=int, default=16, help="rows decoded together (HF)")
+    sp.add_argument("--chat-format", default="chatml", help="for a model folder (HF)")
+    sp.add_argument("--model-name", default="model", help="model id sent to a server")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sp.set_defaults(fn=cmd_generate)
     sp = sub.add_parser("config-docs", help="list every config field")
     sp.set_defaults(fn=cmd_config_docs)
     return p
