@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from specialize.infer.types import FinishReason, Request, Result, Sampling
+from specialize.infer.types import FinishReason, Request, Result, Sampling, first_stop
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 
@@ -147,12 +147,6 @@ def _common_prefix_len(prompts: list[list[int]]) -> int:
             k += 1
         n = k
     return n
-
-
-def first_stop(text: str, stop_strings: tuple[str, ...] | list[str]) -> int:
-    """Index of the earliest stop string in ``text`` (-1 if none)."""
-    hits = [i for i in (text.find(s) for s in stop_strings if s) if i >= 0]
-    return min(hits) if hits else -1
 
 
 def _growing_layer_class() -> type:

@@ -22,8 +22,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from specialize.errors import SpecializeError
-from specialize.infer.engine import first_stop
-from specialize.infer.types import Constraint, OnResult, Request, Result, checked
+from specialize.infer.types import Constraint, OnResult, Request, Result, checked, first_stop
 
 
 class _Failure(Exception):

@@ -41,18 +41,12 @@ from tqdm.auto import tqdm
 
 from specialize.errors import SpecializeError
 from specialize.infer.llama_process import Grammar, LlamaProcess, NativeCrash
-from specialize.infer.types import OnResult, Request, Result, checked
+from specialize.infer.types import OnResult, Request, Result, checked, cut_at_stop
 
 REGEX_UNSUPPORTED = (
     "regex constraints need the HF or HTTP backend "
     "(llama-cpp-python has no regex-to-grammar converter)"
 )
-
-
-def cut_at_stop(text: str, stop: Sequence[str] | None) -> tuple[str, bool]:
-    """``text`` up to the earliest stop string, and whether one was found."""
-    hits = [i for i in (text.find(s) for s in stop or () if s) if i >= 0]
-    return (text[: min(hits)], True) if hits else (text, False)
 
 
 def grammar_for(request: Request) -> Grammar | None:

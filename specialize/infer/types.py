@@ -146,6 +146,18 @@ class Constraint:
         return value
 
 
+def first_stop(text: str, stop_strings: Sequence[str] | None) -> int:
+    """Index of the earliest stop string in ``text`` (-1 if none); every backend cuts here."""
+    hits = [i for i in (text.find(s) for s in stop_strings or () if s) if i >= 0]
+    return min(hits) if hits else -1
+
+
+def cut_at_stop(text: str, stop_strings: Sequence[str] | None) -> tuple[str, bool]:
+    """``text`` up to the earliest stop string, and whether one was found."""
+    cut = first_stop(text, stop_strings)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
 def _safe_name(name: str) -> str:
     """OpenAI's ``json_schema.name`` allows ``[A-Za-z0-9_-]{1,64}``."""
     return (re.sub(r"[^A-Za-z0-9_-]", "_", name) or "answer")[:64]
