@@ -149,8 +149,10 @@ class LeakageConfig(Section):
 
 class DataConfig(Section):
     path: str = Field(
+        "",
         description="A data file (.jsonl, .csv, .parquet) or a folder of them; relative paths "
-        "are resolved against the config file's folder."
+        "are resolved against the config file's folder. Required unless synth generates the "
+        "records.",
     )
     format: Literal["auto", "chat", "prompt-response"] = Field(
         "auto",
@@ -171,6 +173,171 @@ class DataConfig(Section):
     leakage: LeakageConfig = Field(
         default_factory=LeakageConfig, description="Cross-split duplicate check."
     )
+
+
+class SynthTaskConfig(Section):
+    """One task of the synthetic-data catalog: a built-in by name, or a user task."""
+
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="Task name: a built-in (bullets, qa_pairs, rephrase, continuation, "
+        "triplets, retrieval, comparison) or a new name with instruction + json_schema or python.",
+    )
+    probability: float = Field(
+        0.25, ge=0, le=1, description="Chance (seeded) that a chunk is sent through this task."
+    )
+    instruction: str | None = Field(
+        None,
+        description="The user message template (placeholders by input kind: chunk {passage}; "
+        "prefix {prefix}; pair {passage_a} {passage_b}; question_passages {question} "
+        "{passages}). Overrides a built-in's; required for a YAML task.",
+    )
+    input: Literal["chunk", "prefix", "question_passages", "pair"] | None = Field(
+        None, description="What a user task is made from (default: one chunk)."
+    )
+    json_schema: dict[str, Any] | str | None = Field(
+        None,
+        description="A user task's output: a JSON schema inline, or the path of a .json file "
+        "holding one; omitted: free text.",
+    )
+    python: str | None = Field(
+        None,
+        description="'module:attribute' of a specialize.data.tasks.Task defined in Python "
+        "(the module must be importable).",
+    )
+    teacher_system: str | None = Field(
+        None, description="Extra guidance the teacher sees with this task (never the student)."
+    )
+
+
+class ChunkConfig(Section):
+    unit: Literal["words", "tokens"] = Field(
+        "words", description="Chunk sizes count words, or tokens of the base model's tokenizer."
+    )
+    size: int = Field(500, gt=0, description="Chunk size (the seed: 500 words).")
+    overlap: int = Field(100, ge=0, description="Units shared by consecutive chunks (seed: 100).")
+    snap: bool = Field(
+        True, description="Move chunk ends to a paragraph or sentence boundary when one is near."
+    )
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> ChunkConfig:
+        if self.overlap >= self.size:
+            raise ValueError(
+                f"chunk overlap ({self.overlap}) must be smaller than the chunk size ({self.size})"
+            )
+        return self
+
+
+class SynthFilterConfig(Section):
+    grounding: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of an answer's content words (QA answer, triplet subject and "
+        "object, bullet) that must occur in its chunk; 0 turns the check off.",
+    )
+    min_words: int = Field(3, ge=0, description="Free-text answers shorter than this are removed.")
+    max_words: int = Field(300, gt=0, description="Free-text answers longer than this are removed.")
+    refusals: bool = Field(True, description="Remove refusals and boilerplate ('As an AI...').")
+    near_duplicate: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="MinHash Jaccard similarity of two records above which the later is removed "
+        "as a near-duplicate (exact duplicates are always removed).",
+    )
+    judge_threshold: float | None = Field(
+        None,
+        ge=1,
+        le=5,
+        description="With synth.judge: remove records whose judge score (1-5) is below this.",
+    )
+
+
+class SynthConfig(Section):
+    documents: str = Field(
+        description="A document (.txt, .md, .pdf, .jsonl, .csv, .parquet) or a folder of them, "
+        "relative to the config file."
+    )
+    text_fields: list[str] = Field(
+        default_factory=lambda: ["text"],
+        min_length=1,
+        description="Table documents: the columns joined (blank line between) into the text.",
+    )
+    id_field: str | None = Field(None, description="Table documents: the column holding an id.")
+    on_bad_file: Literal["error", "skip"] = Field(
+        "error",
+        description="An empty, binary, undecodable or text-less file: stop with one line "
+        "(error), or count it in synth_stats.json and go on (skip).",
+    )
+    max_documents: int | None = Field(
+        None, gt=0, description="Use the first N documents (in reading order)."
+    )
+    chunk: ChunkConfig = Field(default_factory=ChunkConfig, description="Chunking.")
+    tasks: list[SynthTaskConfig] = Field(
+        default_factory=lambda: [
+            SynthTaskConfig(name=n)
+            for n in (
+                "bullets",
+                "qa_pairs",
+                "rephrase",
+                "continuation",
+                "triplets",
+                "retrieval",
+                "comparison",
+            )  # fmt: skip
+        ],
+        min_length=1,
+        description="The task catalog (default: the seven built-ins at 0.25 each).",
+    )
+    tasks_file: str | None = Field(
+        None, description="A YAML file with more tasks (a list in the shape of synth.tasks)."
+    )
+    seed: int = Field(17, description="Seed of task sampling, passage choice and splits.")
+    teacher: str = Field(
+        "bundled:smollm2-135m-instruct",
+        description="The teacher: a model spec (bundled:NAME, HF folder), a .gguf file, or an "
+        "OpenAI-compatible URL (vLLM, specialize serve).",
+    )
+    teacher_model: str = Field(
+        "default", description="The model id sent to an OpenAI-compatible teacher."
+    )
+    teacher_api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the teacher endpoint's key."
+    )
+    teacher_concurrency: int = Field(8, gt=0, description="Parallel requests to an endpoint.")
+    max_new_tokens: int = Field(256, gt=0, description="Teacher budget per answer.")
+    temperature: float = Field(0.0, ge=0, description="Teacher sampling temperature (0 = greedy).")
+    batch_size: int = Field(32, gt=0, description="Requests a local teacher decodes together.")
+    retries: int = Field(2, ge=0, description="Re-asks (sampled) of an answer that is invalid.")
+    passages: int = Field(
+        3, ge=2, description="Retrieval: passages shown with a question (one holds the answer)."
+    )
+    filters: SynthFilterConfig = Field(
+        default_factory=SynthFilterConfig, description="Quality filters."
+    )
+    judge: str | None = Field(
+        None, description="Optional judge model (same forms as teacher) scoring each record 1-5."
+    )
+    validation: float = Field(0.05, ge=0, lt=1, description="Share of documents for validation.")
+    test: float = Field(0.1, ge=0, lt=1, description="Share of documents for test.")
+    cpt_epochs: float = Field(
+        0.0,
+        ge=0,
+        description="Continue pre-training on the documents' chunks for this many epochs "
+        "before SFT on the generated records (0: SFT only; the seed did CPT then SFT).",
+    )
+
+    @model_validator(mode="after")
+    def _shares(self) -> SynthConfig:
+        if self.validation + self.test >= 1:
+            raise ValueError("synth.validation + synth.test must leave documents for training")
+        names = [t.name for t in self.tasks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"task '{dup[0]}' is listed twice in synth.tasks")
+        return self
 
 
 LORA_PRESETS = ("attention", "mlp", "all-linear", "lm_head", "embeddings")
@@ -489,14 +656,22 @@ class RunConfig(Section):
     output_dir: str = Field("runs", description="Parent folder of run directories.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Base model.")
     chat: ChatConfig = Field(default_factory=ChatConfig, description="Chat format.")
-    data: DataConfig = Field(description="Training and evaluation data.")
+    data: DataConfig = Field(
+        default_factory=DataConfig, description="Training and evaluation data."
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig, description="Adapter.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
     export: ExportConfig = Field(default_factory=ExportConfig, description="Export.")
+    synth: SynthConfig | None = Field(
+        None,
+        description="Generate the training records from documents with a teacher model "
+        "(replaces data.path; see docs/synthetic-data.md).",
+    )
 
     @model_validator(mode="after")
     def _compatible(self) -> RunConfig:
+        self._data_source()
         if self.train.early_stopping_patience and self.data.split.validation == 0:
             if not self.data.split.rules:
                 raise ValueError(
@@ -523,6 +698,21 @@ class RunConfig(Section):
                 "chat.format harmony needs a gpt-oss tokenizer; the bundled models use ChatML"
             )
         return self
+
+    def _data_source(self) -> None:
+        """Exactly one source of records: data.path, or synth generating them."""
+        if self.synth is None and not self.data.path:
+            raise ValueError("data.path is required (or a synth section that generates the data)")
+        if self.synth is not None and self.data.path:
+            raise ValueError(
+                "data.path and synth both give the training records; keep one (synth writes "
+                "its dataset to the run's data/ folder)"
+            )
+        if self.synth is not None and self.mode == "cpt":
+            raise ValueError(
+                "synth makes chat records for mode sft; continued pre-training on the "
+                "documents first is synth.cpt_epochs"
+            )
 
     # Paths given in the YAML are relative to the YAML file; set by load_config.
     _base_dir: Path = Path(".")

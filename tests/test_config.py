@@ -57,7 +57,7 @@ def test_malformed_yaml_reports_line(tmp_path):
 def test_missing_file_and_missing_required_field(tmp_path):
     with pytest.raises(SpecializeError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
-    with pytest.raises(SpecializeError, match="field 'data': required field is missing"):
+    with pytest.raises(SpecializeError, match="data.path is required"):
         load_config(write(tmp_path, "name: x\n"))
 
 
