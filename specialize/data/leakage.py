@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from specialize.data.read import Record
 from specialize.data.text import normalize_answer
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,15 @@ def _shingles(text: str, n: int = 4) -> frozenset[str]:
     return frozenset(padded[i : i + n] for i in range(max(1, len(padded) - n + 1)))
 
 
-def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+def word_shingles(text: str, n: int) -> frozenset[str]:
+    """The set of ``n``-word runs of ``text`` (split on whitespace); a text shorter than ``n``
+    words is one shingle (itself), so an empty text gives ``{""}``."""
+    words = text.split()
+    return frozenset(" ".join(words[k : k + n]) for k in range(max(1, len(words) - n + 1)))
+
+
+def jaccard(a: AbstractSet[str], b: AbstractSet[str]) -> float:
+    """``|a & b| / |a | b|``; two empty sets are equal (1.0)."""
     if not a and not b:
         return 1.0
     return len(a & b) / len(a | b)
@@ -77,10 +90,10 @@ def find_leaks(splits: dict[str, list[Record]], threshold: float = 0.8) -> list[
                 if q == q2 and a == a2:
                     leaks.append(Leak(rec["id"], split, rec2["id"], s2, "exact", 1.0, 1.0))
                     continue
-                asim = _jaccard(as_, as2)
+                asim = jaccard(as_, as2)
                 if asim < threshold:
                     continue
-                qsim = _jaccard(qs, qs2)
+                qsim = jaccard(qs, qs2)
                 if qsim >= threshold:
                     leaks.append(
                         Leak(
@@ -98,9 +111,38 @@ def leak_report(leaks: list[Leak]) -> dict[str, Any]:
     }
 
 
-def _stable_hash(text: str) -> int:
+def stable_hash(text: str) -> int:
     """A 61-bit hash that is the same in every process (str.__hash__ is salted)."""
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 3
+
+
+class MinHash:
+    """MinHash signatures: ``num_perm`` seeded hash functions ``(a * h + b) mod p`` over the
+    :func:`stable_hash` of each shingle, so a signature is the same in every process.
+
+    The fraction of equal positions in two signatures estimates the Jaccard similarity of the
+    two shingle sets; equal bands of positions make the candidates of LSH banding."""
+
+    PRIME = (1 << 61) - 1
+
+    def __init__(self, num_perm: int = 64, seed: int = 0) -> None:
+        import numpy as np
+
+        if num_perm <= 0:
+            raise ValueError("num_perm must be positive")
+        rng = np.random.default_rng(seed)
+        self.num_perm = num_perm
+        self._a = rng.integers(1, self.PRIME, num_perm, dtype=np.uint64)
+        self._b = rng.integers(0, self.PRIME, num_perm, dtype=np.uint64)
+
+    def signature(self, shingles: Iterable[str]) -> np.ndarray:
+        """The ``num_perm`` minimum hash values (uint64) of a non-empty set of shingles."""
+        import numpy as np
+
+        h = np.array([stable_hash(x) for x in shingles], dtype=np.uint64)
+        if h.size == 0:
+            raise ValueError("a MinHash signature needs at least one shingle")
+        return ((h[:, None] * self._a[None, :] + self._b[None, :]) % np.uint64(self.PRIME)).min(0)
 
 
 def find_document_leaks(
@@ -112,8 +154,6 @@ def find_document_leaks(
     ``threshold``, with candidates found by MinHash (64 hashes, 16 bands of 4) so the check
     stays near-linear on hundreds of thousands of abstracts.
     """
-    import numpy as np
-
     items = [(s, r, normalize_answer(r["text"])) for s, rs in splits.items() for r in rs]
     leaks: list[Leak] = []
     by_text: dict[str, int] = {}
@@ -121,18 +161,13 @@ def find_document_leaks(
         j = by_text.setdefault(t, i)
         if j != i and items[j][0] != s:
             leaks.append(Leak(items[j][1]["id"], items[j][0], r["id"], s, "exact", 1.0, 1.0))
-    rng = np.random.default_rng(seed)
-    prime = (1 << 61) - 1
-    a = rng.integers(1, prime, 64, dtype=np.uint64)
-    b = rng.integers(0, prime, 64, dtype=np.uint64)
+    minhash = MinHash(64, seed)
     shingle_sets = []
     buckets: dict[tuple[int, bytes], list[int]] = defaultdict(list)
     for i, (_, _, t) in enumerate(items):
-        words = t.split()
-        sh = {" ".join(words[k : k + 5]) for k in range(max(1, len(words) - 4))}
+        sh = word_shingles(t, 5)
         shingle_sets.append(sh)
-        h = np.array([_stable_hash(x) for x in sh], dtype=np.uint64)
-        sig = ((h[:, None] * a[None, :] + b[None, :]) % np.uint64(prime)).min(0)
+        sig = minhash.signature(sh)
         for band in range(16):
             buckets[(band, sig[band * 4 : band * 4 + 4].tobytes())].append(i)
     seen: set[tuple[int, int]] = set()
@@ -146,7 +181,7 @@ def find_document_leaks(
                 seen.add((i, j))
                 if (items[i][1]["id"], items[j][1]["id"]) in exact:
                     continue
-                sim = _jaccard(frozenset(shingle_sets[i]), frozenset(shingle_sets[j]))
+                sim = jaccard(shingle_sets[i], shingle_sets[j])
                 if sim >= threshold and items[i][2] != items[j][2]:
                     leaks.append(
                         Leak(
