@@ -85,7 +85,7 @@ def read_records(
     seen: dict[str, str] = {}
     for file in data_files(path):
         n0 = len(records)
-        for line, row in _rows(file):
+        for line, row in rows(file):
             where = (file, line)
             kind = fmt
             if kind == "auto":
@@ -118,15 +118,18 @@ MAX_JSON_DEPTH = 100
 """Deepest nesting of arrays and objects a JSONL record may have."""
 
 
-def _rows(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line, row)`` of a data file; a Parquet file's "line" is its 1-based row number."""
-    if file.suffix == ".jsonl":
+def rows(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line, row)`` of a JSONL, CSV or Parquet file (by suffix, any case); a Parquet file's
+    "line" is its 1-based row number. Bad bytes, bad JSON and malformed CSV are one-line
+    errors (:class:`SpecializeError`) naming the file and line; other suffixes yield nothing."""
+    suffix = file.suffix.lower()
+    if suffix == ".jsonl":
         for n, text in text_lines(file):
             if text.strip():
                 yield n, _json_object(text, file, n)
-    elif file.suffix == ".csv":
+    elif suffix == ".csv":
         yield from _csv_rows(file)
-    elif file.suffix == ".parquet":
+    elif suffix == ".parquet":
         yield from _parquet_rows(file)
 
 
@@ -508,11 +511,11 @@ def read_documents(
     for file in files:
         n0 = len(docs)
         if file.suffix in TEXT_SUFFIXES:
-            rows: Any = [(1, {"id": file.stem, "text": read_text(file)})]
+            found: Any = [(1, {"id": file.stem, "text": read_text(file)})]
             fields = ["text"]
         else:
-            rows, fields = _rows(file), text_fields
-        for line, row in rows:
+            found, fields = rows(file), text_fields
+        for line, row in found:
             missing = [f for f in fields if f not in row]
             if missing:
                 raise SpecializeError(
