@@ -129,7 +129,7 @@ def test_builtin_schemas_compile_and_are_bounded(task):
 def test_user_messages_fill_placeholders_exactly():
     assert BUILTIN["bullets"].user_message(ONE) == (
         "Extract the key points of the following passage as a list of bullet points. "
-        'Answer in JSON: {"bullets": ["...", "..."]}\n\n' + RHINE
+        'Answer in JSON, with the list of points under "bullets".\n\n' + RHINE
     )
     assert BUILTIN["continuation"].user_message(PREFIX) == (
         "Continue the following text.\n\nThe Rhine rises in the Swiss Alps and flows north."
@@ -185,9 +185,14 @@ def test_unwrapped_is_what_the_typed_api_returns():
 
 def test_parse_rejects_invalid_answers():
     bullets = BUILTIN["bullets"]
-    fenced = '```json\n{"bullets":["a"]}\n```'
-    assert bullets.parse(fenced) == Bullets(bullets=["a"])
-    for bad in ['{"bullets":[]}', '{"bullets":["a"],"x":1}', "not json", '{"items":["a"]}']:
+    fenced = '```json\n{"bullets":["The Rhine is long."]}\n```'
+    assert bullets.parse(fenced) == Bullets(bullets=["The Rhine is long."])
+    for bad in [
+        '{"bullets":[]}',
+        '{"bullets":["The Rhine is long."],"x":1}',
+        "not json",
+        '{"items":["The Rhine is long."]}',
+    ]:
         with pytest.raises(InvalidOutput):
             bullets.parse(bad)
     with pytest.raises(InvalidOutput):
@@ -198,7 +203,9 @@ def test_parse_rejects_invalid_answers():
 
 def test_check_removes_ungrounded_answers_with_the_right_reason():
     qa = BUILTIN["qa_pairs"]
-    bad_qa = qa.parse('{"pairs":[{"question":"Who?","answer":"Napoleon Bonaparte in Paris"}]}')
+    bad_qa = qa.parse(
+        '{"pairs":[{"question":"Who crowned himself?","answer":"Napoleon Bonaparte in Paris"}]}'
+    )
     assert qa.check(bad_qa, ONE, FILTERS) == "grounding"
     assert qa.check(bad_qa, ONE, SynthFilterConfig(grounding=0)) is None  # turned off
     tri = BUILTIN["triplets"]
@@ -230,7 +237,10 @@ def test_check_retrieval_index_refusal_copy_length_empty():
     assert reph.check("Rhine long.", ONE, FILTERS) == "length"
     assert reph.check(RHINE + " extra words", ONE, SynthFilterConfig(max_words=10)) == "length"
     bul = BUILTIN["bullets"]
-    assert bul.check(bul.parse('{"bullets":["Rhine is long."," "]}'), ONE, FILTERS) == "empty"
+    assert (
+        bul.check(bul.parse('{"bullets":["Rhine is long.","            "]}'), ONE, FILTERS)
+        == "empty"
+    )
     sure = bul.parse('{"bullets":["Sure, here are the points about the Rhine."]}')
     assert bul.check(sure, ONE, FILTERS) == "refusal"
     # continuation is the document's own text: never a refusal, never grounded

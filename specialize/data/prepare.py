@@ -89,9 +89,13 @@ class PreparedData:
         return stats
 
 
-def prepare_data(cfg: RunConfig, tokenizer: Any | None = None) -> PreparedData:
-    """Read, split and leak-check the data; with a tokenizer, also render and length-check."""
-    path = cfg.resolve(cfg.data.path)
+def prepare_data(
+    cfg: RunConfig, tokenizer: Any | None = None, records_path: Path | None = None
+) -> PreparedData:
+    """Read, split and leak-check the data; with a tokenizer, also render and length-check.
+
+    ``records_path`` replaces ``data.path``: the dataset the synth stage generated."""
+    path = records_path or cfg.resolve(cfg.data.path)
     cols = cfg.data.columns
     if cfg.mode == "cpt":
         records, stats = read_documents(path, cols.text, cols.id)

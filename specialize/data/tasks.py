@@ -78,23 +78,23 @@ class _Output(BaseModel):
 
 
 class QAPair(_Output):
-    question: str = Field(min_length=1, max_length=300)
-    answer: str = Field(min_length=1, max_length=300)
+    question: str = Field(min_length=10, max_length=300)
+    answer: str = Field(min_length=2, max_length=300)
 
 
 class Triplet(_Output):
-    subject: str = Field(min_length=1, max_length=120)
-    relation: str = Field(min_length=1, max_length=80)
-    object: str = Field(min_length=1, max_length=120)
+    subject: str = Field(min_length=2, max_length=120)
+    relation: str = Field(min_length=2, max_length=80)
+    object: str = Field(min_length=2, max_length=120)
 
 
 class RetrievalResult(_Output):
     index: int = Field(ge=0, le=99)
-    reasoning: str = Field(max_length=400)
+    reasoning: str = Field(min_length=10, max_length=400)
 
 
 class Bullets(_Output):
-    bullets: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+    bullets: list[Annotated[str, Field(min_length=12, max_length=200)]] = Field(
         min_length=1, max_length=6
     )
 
@@ -108,7 +108,7 @@ class Triplets(_Output):
 
 
 class Question(_Output):
-    question: str = Field(min_length=1, max_length=300)
+    question: str = Field(min_length=10, max_length=300)
 
 
 @dataclass(frozen=True)
@@ -493,7 +493,7 @@ BUILTIN: dict[str, Task] = {
         Task(
             "bullets",
             "Extract the key points of the following passage as a list of bullet points. "
-            'Answer in JSON: {{"bullets": ["...", "..."]}}\n\n{passage}',
+            'Answer in JSON, with the list of points under "bullets".\n\n{passage}',
             output=Bullets,
             unwrap="bullets",
             teacher_system="You extract the key points of a passage. Each bullet is one short "
@@ -502,8 +502,8 @@ BUILTIN: dict[str, Task] = {
         ),
         Task(
             "qa_pairs",
-            "Write question-answer pairs about the following passage. Answer in JSON: "
-            '{{"pairs": [{{"question": "...", "answer": "..."}}]}}\n\n{passage}',
+            "Write question-answer pairs about the following passage. Answer in JSON, with a "
+            'list of objects with "question" and "answer" under "pairs".\n\n{passage}',
             output=QAPairs,
             unwrap="pairs",
             teacher_system="You write questions for a reading test. Each question can be "
@@ -522,8 +522,8 @@ BUILTIN: dict[str, Task] = {
         Task(
             "triplets",
             "Extract the facts of the following passage as subject-relation-object triplets. "
-            'Answer in JSON: {{"triplets": [{{"subject": "...", "relation": "...", '
-            '"object": "..."}}]}}\n\n{passage}',
+            'Answer in JSON, with a list of objects with "subject", "relation" and "object" '
+            'under "triplets".\n\n{passage}',
             output=Triplets,
             unwrap="triplets",
             teacher_system="subject and object are short names or phrases copied from the "
@@ -532,8 +532,8 @@ BUILTIN: dict[str, Task] = {
         ),
         Task(
             "retrieval",
-            "Which of the following passages answers the question? Answer in JSON with the "
-            'passage number and a short reason: {{"index": 0, "reasoning": "..."}}'
+            "Which of the following passages answers the question? Answer in JSON, with the "
+            'passage number as "index" and a short reason as "reasoning".'
             "\n\nQuestion: {question}\n\nPassages:\n\n{passages}",
             input_kind="question_passages",
             output=RetrievalResult,
@@ -554,8 +554,8 @@ BUILTIN: dict[str, Task] = {
 
 QUESTION = Task(
     "question",
-    'Write one question that the following passage answers. Answer in JSON: {{"question": '
-    '"..."}}\n\n{passage}',
+    "Write one question that the following passage answers. Answer in JSON, with the "
+    'question under "question".\n\n{passage}',
     output=Question,
     unwrap="question",
     probability=0.0,
