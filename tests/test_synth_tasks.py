@@ -514,3 +514,12 @@ def test_catalog_rejects_duplicate_names():
         Catalog([BUILTIN["bullets"], BUILTIN["bullets"]])
     with pytest.raises(KeyError):
         Catalog([BUILTIN["bullets"]])["rephrase"]
+
+
+def test_repeated_items_and_self_triplets_are_removed():
+    bul = BUILTIN["bullets"]
+    loop = bul.parse('{"bullets":["The Rhine is long.","the rhine is long"]}')
+    assert bul.check(loop, ONE, FILTERS) == "repetition"
+    tri = BUILTIN["triplets"]
+    self_rel = tri.parse('{"triplets":[{"subject":"Rhine","relation":"is","object":"rhine"}]}')
+    assert tri.check(self_rel, ONE, FILTERS) == "repetition"

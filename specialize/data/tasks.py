@@ -258,7 +258,11 @@ class Task:
 
     def check(self, value: Any, inp: TaskInput, filters: SynthFilterConfig) -> str | None:
         """None to keep the record, else the filter that removes it (``empty``, ``refusal``,
-        ``length``, ``copy``, ``retrieval_index``, ``grounding``). See :mod:`.filters`.
+        ``repetition``, ``length``, ``copy``, ``retrieval_index``, ``grounding``). See
+        :mod:`.filters`.
+
+        Repetition: a small teacher loops, writing the same bullet, pair or triplet again, or a
+        triplet whose subject is its object; such an answer teaches the student to loop.
 
         Grounding (``filters.grounding`` > 0 and ``grounded``): every QA answer, every
         bullet, and each triplet's subject and object must have at least that support in the
@@ -271,6 +275,8 @@ class Task:
             return "empty"
         if filters.refusals and self.needs_teacher and any(is_refusal(s) for s in strings):
             return "refusal"
+        if _repeats(value):
+            return "repetition"
         if self.schema is None:
             n = len(str(value).split())
             if not filters.min_words <= n <= filters.max_words:
@@ -305,6 +311,25 @@ class Task:
                 " ".join(s for _, s in _leaves(_plain(value), numbers=False) if s not in labels)
             ]
         return all(support(c, passage) >= threshold for c in claims)
+
+
+def _repeats(value: Any) -> bool:
+    """The same item twice in a built-in list answer, or a triplet relating a thing to itself."""
+    items: list[str] = []
+    if isinstance(value, Bullets):
+        items = list(value.bullets)
+    elif isinstance(value, QAPairs):
+        items = [p.question for p in value.pairs]
+    elif isinstance(value, Triplets):
+        if any(_norm(t.subject) == _norm(t.object) for t in value.triplets):
+            return True
+        items = [f"{t.subject} {t.relation} {t.object}" for t in value.triplets]
+    norm = [_norm(i) for i in items]
+    return len(set(norm)) < len(norm)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split()).strip(" .")
 
 
 def _empty(value: Any) -> bool:
