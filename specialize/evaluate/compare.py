@@ -90,7 +90,10 @@ def compare_variants(
     """Every variant against the first: deltas with paired bootstrap CIs, and breakdowns.
 
     ``deltas`` holds the second variant's (the usual base -> tuned) for the model card;
-    ``vs_reference`` holds every variant's.
+    ``vs_reference`` holds every variant's. When the records are of more than one task,
+    ``by_task`` (second variant) and ``by_task_vs_reference`` (every variant) hold the same
+    deltas over each task's records: ``{task: {metric: {delta, ci_low, ci_high, n}}}``.
+    Breakdowns are by fields of the records' metadata, or by ``task``.
     """
     names = list(preds)
     ref = names[0]
@@ -100,20 +103,22 @@ def compare_variants(
             raise ValueError(f"variants '{ref}' and '{name}' were evaluated on different records")
     out: dict[str, Any] = {"n": len(ids), "reference": ref, "vs_reference": {}, "breakdowns": {}}
     for name in names[1:]:
-        d: dict[str, Any] = {}
-        for m in METRICS:
-            pairs = [
-                (a[m], b[m])
-                for a, b in zip(preds[ref], preds[name], strict=True)
-                if m in a and m in b
-            ]
-            if pairs:
-                d[m] = paired_bootstrap(*zip(*pairs, strict=True), samples=samples, seed=seed)
-        if all("loss_sum" in p for p in preds[ref] + preds[name]):
-            d.update(loss_deltas(preds[ref], preds[name], samples, seed))
-        out["vs_reference"][name] = d
+        out["vs_reference"][name] = _deltas(preds[ref], preds[name], samples, seed)
     out["deltas"] = out["vs_reference"][names[1]] if len(names) > 1 else {}
-    records = [p["meta"] for p in preds[ref]]
+    tasks = list(dict.fromkeys(p.get("task") for p in preds[ref]))
+    if len(tasks) > 1 and len(names) > 1:
+        rows = {t: [i for i, p in enumerate(preds[ref]) if p.get("task") == t] for t in tasks}
+        out["by_task_vs_reference"] = {
+            name: {
+                str(t): _deltas(
+                    [preds[ref][i] for i in idx], [preds[name][i] for i in idx], samples, seed
+                )
+                for t, idx in rows.items()
+            }
+            for name in names[1:]
+        }
+        out["by_task"] = out["by_task_vs_reference"][names[1]]
+    records = [p["meta"] | {"task": p["task"]} if "task" in p else p["meta"] for p in preds[ref]]
     for field in breakdown_by:
         if not any(field in r for r in records):
             continue
@@ -127,6 +132,20 @@ def compare_variants(
             for name, vs in preds.items()
         }
     return out
+
+
+def _deltas(
+    a: list[dict[str, Any]], b: list[dict[str, Any]], samples: int, seed: int
+) -> dict[str, Any]:
+    """Paired deltas (b - a) of every metric both rows of a record have, and of the loss."""
+    d: dict[str, Any] = {}
+    for m in METRICS:
+        pairs = [(x[m], y[m]) for x, y in zip(a, b, strict=True) if m in x and m in y]
+        if pairs:
+            d[m] = paired_bootstrap(*zip(*pairs, strict=True), samples=samples, seed=seed)
+    if all("loss_sum" in p for p in a + b):
+        d.update(loss_deltas(a, b, samples, seed))
+    return d
 
 
 def compare_text_variants(
@@ -170,6 +189,10 @@ SIDE_BY_SIDE = (
     "bertscore_f1",
     "accuracy",
     "loglik_choice",
+    "schema_valid",
+    "field_f1",
+    "index_accuracy",
+    "invalid_reason",
     "judge",
     "error",
 )

@@ -24,6 +24,10 @@ METRICS = (
     "bertscore_f1",
     "accuracy",
     "loglik_accuracy",
+    # tasks of the synthetic-data catalog (task_scores.py)
+    "schema_valid",
+    "field_f1",
+    "index_accuracy",
     "judge_correctness",
     "judge_faithfulness",
     "judge_relevance",

@@ -29,6 +29,7 @@ import yaml
 
 from specialize.config import AblationConfig
 from specialize.data.read import Record
+from specialize.data.tasks import Catalog
 from specialize.errors import SpecializeError
 from specialize.evaluate.ablations import build_conditions, conflict_following
 from specialize.evaluate.compare import (
@@ -83,6 +84,7 @@ class _Plan:
     mode: str = "sft"
     run_cfg: dict[str, Any] | None = None
     ablations: AblationConfig | None = None
+    catalog: Catalog | None = None  # a run trained on generated data: its tasks.json
 
 
 def _suite_records(name: str, limit: int | None, seed: int = 0) -> tuple[list, Any]:
@@ -144,7 +146,16 @@ def _run_plan(req: EvalRequest) -> _Plan:
         mode,
         cfg,
         _ablations(ev.get("ablations"), cfg_path),
+        _catalog(target) if not req.suite else None,
     )
+
+
+def _catalog(run: Path) -> Catalog | None:
+    """The task catalog a run's generated records were made with (``tasks.json``), so their
+    answers are scored by their task (at the top of the run, else beside its data); None for
+    a run trained on given records."""
+    found = [p for p in (run / "tasks.json", run / "data" / "tasks.json") if p.is_file()]
+    return Catalog.from_json(read_json(found[0])) if found else None
 
 
 def _suite_plan(req: EvalRequest) -> _Plan:
@@ -292,6 +303,7 @@ def _settings(plan: _Plan) -> EvalSettings:
         breakdown_by=tuple(plan.breakdown_by),
         bootstrap=plan.bootstrap,
         seed=plan.seed,
+        catalog=plan.catalog,
     )
 
 

@@ -6,7 +6,8 @@ The pieces the evaluation stage (:mod:`specialize.evaluate.stage`) puts together
   the option it finds most likely for multiple choice and true/false (:func:`loglik_choices`),
   and the per-document loss of raw text (:func:`document_losses`, continued pretraining);
 - on a generated answer: one prediction row with the scores its task calls for
-  (:func:`prediction_row`, scores from ``tasks.py``), BERTScore and an LLM judge's scores
+  (:func:`prediction_row`, scores from ``tasks.py``; a synthetic-data catalog task's from
+  ``task_scores.py``), BERTScore and an LLM judge's scores
   added over all rows at once;
 - per variant: token-weighted loss and perplexity, the mean of every per-record metric, a
   classification report for labelled tasks, unparsed answers and backend errors, counted
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,8 +34,10 @@ from specialize.evaluate.metrics import (
     multiple_choice_loglik,
     perplexity,
 )
+from specialize.evaluate.task_scores import catalog_task, is_open, parse
 from specialize.evaluate.tasks import (
     LABELLED,
+    TASKS,
     option_conversations,
     option_label,
     references,
@@ -45,14 +48,30 @@ from specialize.evaluate.tasks import (
 from specialize.models.chat import render_conversation
 from specialize.train.loss import MaskedCausalLMLoss, evaluate_loss
 
+if TYPE_CHECKING:
+    from specialize.data.tasks import Catalog
+
 Prediction = dict[str, Any]  # one row of predictions.jsonl
 Metrics = dict[str, Any]  # the content of metrics.json
 
 META_SKIP = {"messages", "answers", "context", "choices", "label", "answer", "task", "id"}
 
 
-def check_records(records: list[Record], where: str = "records") -> None:
-    """Every record has what its task needs; one line naming the first that does not."""
+def check_records(
+    records: list[Record], where: str = "records", catalog: Catalog | None = None
+) -> None:
+    """Every record has what its task needs; one line naming the first that does not.
+
+    With a task ``catalog``, a record may name a catalog task; a structured task's reference
+    answer must then be a valid answer of that task (it is what answers are scored against).
+    """
+    shadowing = sorted(set(catalog.names if catalog is not None else []) & set(TASKS))
+    if shadowing:
+        raise SpecializeError(
+            f"catalog task '{shadowing[0]}' has the name of an evaluation task; rename it",
+            path=where,
+            field="task",
+        )
     for n, rec in enumerate(records, 1):
         msgs = rec.get("messages")
         if not msgs or msgs[-1].get("role") != "assistant":
@@ -62,10 +81,21 @@ def check_records(records: list[Record], where: str = "records") -> None:
                 path=where,
                 field="messages",
             )
-        for f in required_fields(task_of(rec)):
+        task = task_of(rec, catalog)
+        spec = catalog_task(rec, catalog)
+        if spec is not None and spec.structured:
+            _, reason = parse(spec, msgs[-1].get("content") or "")
+            if reason is not None:
+                raise SpecializeError(
+                    f"record {n} ('{rec.get('id')}', task {task}): its reference answer is not "
+                    f"a valid {task} answer ({reason})",
+                    path=where,
+                    field="messages",
+                )
+        for f in required_fields(task):
             if rec.get(f) in (None, ""):
                 raise SpecializeError(
-                    f"record {n} ('{rec.get('id')}', task {task_of(rec)}) has no '{f}'",
+                    f"record {n} ('{rec.get('id')}', task {task}) has no '{f}'",
                     path=where,
                     field=f,
                 )
@@ -217,12 +247,15 @@ def prediction_row(
     answer: dict[str, Any],
     pick: str | None = None,
     loss: tuple[float, int] | None = None,
+    catalog: Catalog | None = None,
 ) -> Prediction:
-    """One record's row: question, reference, the answer and its scores, loss, metadata."""
+    """One record's row: question, reference, the answer and its scores, loss, metadata.
+
+    ``catalog``: the run's task catalog, by which records of a catalog task are scored."""
     refs = references(rec)
     p: Prediction = {
         "id": rec["id"],
-        "task": task_of(rec),
+        "task": task_of(rec, catalog),
         "question": rec["messages"][-2]["content"] if len(rec["messages"]) > 1 else "",
         "reference": refs[0],
         "prediction": answer["text"],
@@ -231,7 +264,7 @@ def prediction_row(
     }
     if answer.get("error"):
         p["error"] = answer["error"]
-    p |= score_answer(rec, answer["text"])
+    p |= score_answer(rec, answer["text"], catalog)
     if pick is not None:
         p["loglik_choice"] = pick
         p["loglik_accuracy"] = float(pick == rec["label"])
@@ -243,9 +276,12 @@ def prediction_row(
     return p
 
 
-def add_bertscore(scorer: Any, records: list[Record], preds: list[Prediction]) -> None:
-    """``bertscore_f1`` on every open-answer (qa) row, against all of its references."""
-    qa = [i for i, p in enumerate(preds) if p["task"] == "qa"]
+def add_bertscore(
+    scorer: Any, records: list[Record], preds: list[Prediction], catalog: Catalog | None = None
+) -> None:
+    """``bertscore_f1`` on every open-answer row (``qa``, a free-text catalog task), against
+    all of its references."""
+    qa = [i for i, p in enumerate(preds) if is_open(p["task"], catalog)]
     if scorer is None or not qa:
         return
     answers = [preds[i]["prediction"] for i in qa]
@@ -283,8 +319,36 @@ def add_judge(
 
 
 def summarize(preds: list[Prediction], name: str) -> Metrics:
-    """Variant-level metrics from per-record predictions."""
+    """Variant-level metrics from per-record predictions.
+
+    Records of more than one task also get ``by_task``: ``{task: {"n", loss, perplexity,
+    metric means, "unparsed"}}``, the same summary over each task's records."""
     out: Metrics = {"variant": name, "n": len(preds)}
+    out |= _loss_and_means(preds)
+    out["stopped_rate"] = _mean([float(p["stopped"]) for p in preds])
+    out["mean_new_tokens"] = _mean([p["new_tokens"] for p in preds])
+    out["unparsed"] = sum(bool(p.get("unparsed")) for p in preds)
+    out["errors"] = sum(bool(p.get("error")) for p in preds)
+    labelled = [p for p in preds if p["task"] in LABELLED and "label" in p]
+    if labelled:
+        out["classification"] = classification_report(
+            [p["label"] for p in labelled], [p.get("parsed") for p in labelled]
+        )
+    tasks = list(dict.fromkeys(p["task"] for p in preds))
+    if len(tasks) > 1:
+        out["by_task"] = {}
+        for task in tasks:
+            mine = [p for p in preds if p["task"] == task]
+            out["by_task"][task] = {"n": len(mine), **_loss_and_means(mine)} | {
+                "unparsed": sum(bool(p.get("unparsed")) for p in mine)
+            }
+    return out
+
+
+def _loss_and_means(preds: list[Prediction]) -> Metrics:
+    """Token-weighted loss and perplexity (rows with a loss), and the mean of each metric
+    (with ``<metric>_n`` where only some rows have it)."""
+    out: Metrics = {}
     with_loss = [p for p in preds if "loss_sum" in p]
     if with_loss:
         s = sum(p["loss_sum"] for p in with_loss)
@@ -297,15 +361,6 @@ def summarize(preds: list[Prediction], name: str) -> Metrics:
             out[m] = _mean(vals)
             if len(vals) != len(preds):
                 out[f"{m}_n"] = len(vals)
-    out["stopped_rate"] = _mean([float(p["stopped"]) for p in preds])
-    out["mean_new_tokens"] = _mean([p["new_tokens"] for p in preds])
-    out["unparsed"] = sum(bool(p.get("unparsed")) for p in preds)
-    out["errors"] = sum(bool(p.get("error")) for p in preds)
-    labelled = [p for p in preds if p["task"] in LABELLED and "label" in p]
-    if labelled:
-        out["classification"] = classification_report(
-            [p["label"] for p in labelled], [p.get("parsed") for p in labelled]
-        )
     return out
 
 

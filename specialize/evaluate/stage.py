@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from specialize.data.batches import Example, text_examples, to_examples
 from specialize.data.read import Record
@@ -58,6 +58,9 @@ from specialize.infer.types import Backend, Request, Result
 from specialize.io import read_json, read_jsonl, write_json, write_jsonl
 from specialize.models.chat import render_prompt
 
+if TYPE_CHECKING:
+    from specialize.data.tasks import Catalog
+
 log = logging.getLogger("specialize")
 
 
@@ -67,7 +70,9 @@ class EvalSettings:
 
     ``split`` is written into each ``metrics.json`` when set (a run's test or validation
     split). ``mode == "cpt"`` evaluates documents (``text``) by held-out perplexity, cut into
-    chunks of ``max_seq_len`` tokens as in training, instead of answering questions."""
+    chunks of ``max_seq_len`` tokens as in training, instead of answering questions.
+    ``catalog`` (a run's synthetic-data task catalog) scores records of its tasks by their
+    task: schema validity, field-level F1, retrieval index (``task_scores.py``)."""
 
     fmt: str = "chatml"
     max_new_tokens: int = 48
@@ -79,6 +84,7 @@ class EvalSettings:
     breakdown_by: tuple[str, ...] = ()
     bootstrap: int = 2000
     seed: int = 0
+    catalog: Catalog | None = None
 
 
 @dataclass
@@ -202,7 +208,7 @@ class _Inputs:
         self.records, self.settings = records, settings
         self._rendered: dict[int, tuple[Any, list[Example], list[list[int]]]] = {}
         if settings.mode == "sft":
-            check_records(records)
+            check_records(records, catalog=settings.catalog)
 
     def rendered(self, tokenizer: Any) -> tuple[list[Example], list[list[int]]]:
         """(loss examples, generation prompt ids) of every record, in record order."""
@@ -255,10 +261,10 @@ def _evaluate_answers(
     gen_s = time.perf_counter() - t_gen
 
     preds = [
-        prediction_row(rec, ans, picks.get(rec["id"]), losses.get(rec["id"]))
+        prediction_row(rec, ans, picks.get(rec["id"]), losses.get(rec["id"]), s.catalog)
         for rec, ans in zip(records, answers, strict=True)
     ]
-    add_bertscore(scorer, records, preds)
+    add_bertscore(scorer, records, preds, s.catalog)
     judged = add_judge(judge, records, preds, progress) if judge is not None else None
     metrics = summarize(preds, name)
     metrics |= {

@@ -9,7 +9,10 @@ A record's ``task`` field says how its answer is judged (chat records without on
   compared with ``label``; log-likelihood scoring of the letters is done separately;
 - ``tf``: true/false; ``extract_bool`` against ``label`` ("True"/"False");
 - ``math``: the final number (``#### N``, else the last number) against ``answer``;
-- ``classify``: the answer, normalised, must name one of ``choices``; compared with ``label``.
+- ``classify``: the answer, normalised, must name one of ``choices``; compared with ``label``;
+- a task of the synthetic-data catalog, when the evaluation has the run's catalog: scored by
+  that task (schema validity, field-level F1, retrieval index; see ``task_scores.py``). A
+  record's explicit ``task`` is looked up in the catalog first.
 
 Every record of every task also gets its teacher-forced loss on the reference answer, so
 loss and perplexity apply everywhere. An answer that cannot be parsed scores 0 and is counted
@@ -18,7 +21,7 @@ as ``unparsed``, never guessed.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from specialize.data.read import Record
 from specialize.errors import SpecializeError
@@ -32,16 +35,24 @@ from specialize.evaluate.metrics import (
     numbers_equal,
     token_f1,
 )
+from specialize.evaluate.task_scores import catalog_task, score_catalog
+
+if TYPE_CHECKING:
+    from specialize.data.tasks import Catalog
 
 TASKS = ("qa", "mc", "tf", "math", "classify")
 LABELLED = ("mc", "tf", "classify")  # tasks with a class label: a classification report applies
 
 
-def task_of(rec: Record) -> str:
+def task_of(rec: Record, catalog: Catalog | None = None) -> str:
+    """The record's task: a catalog task's name, one of ``TASKS``, or an error naming both."""
+    if catalog_task(rec, catalog) is not None:
+        return rec["task"]
     task = rec.get("task", "qa")
     if task not in TASKS:
+        known = [*TASKS, *(catalog.names if catalog is not None else [])]
         raise SpecializeError(
-            f"record '{rec.get('id')}': unknown task '{task}' (known: {', '.join(TASKS)})",
+            f"record '{rec.get('id')}': unknown task '{task}' (known: {', '.join(known)})",
             field="task",
         )
     return task
@@ -76,8 +87,11 @@ def required_fields(task: str) -> tuple[str, ...]:
     )
 
 
-def score_answer(rec: Record, text: str) -> dict[str, Any]:
+def score_answer(rec: Record, text: str, catalog: Catalog | None = None) -> dict[str, Any]:
     """Per-record scores for one answer: numeric metrics plus what was parsed from it."""
+    spec = catalog_task(rec, catalog)
+    if spec is not None:
+        return score_catalog(spec, rec, text, references(rec))
     task = task_of(rec)
     if task == "qa":
         refs = references(rec)
@@ -105,8 +119,11 @@ def score_answer(rec: Record, text: str) -> dict[str, Any]:
 
 
 def option_conversations(rec: Record) -> list[list[dict[str, Any]]] | None:
-    """For log-likelihood scoring: the conversation completed with each option's answer."""
-    task = task_of(rec)
+    """For log-likelihood scoring: the conversation completed with each option's answer.
+
+    Only ``mc`` and ``tf`` records have options (``check_records`` refuses a catalog whose
+    task names shadow these)."""
+    task = rec.get("task", "qa")
     if task == "mc":
         answers = _letters(rec)
     elif task == "tf":

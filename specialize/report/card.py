@@ -2,7 +2,9 @@
 
 Nothing here computes or types a number: every figure is read from config.yaml,
 data/stats.json, train/history.json, eval/*/metrics.json, eval/compare.json,
-export/merge_check.json, timings.json and env.json, so the card can be regenerated
+export/merge_check.json, timings.json and env.json (and, for records generated from
+documents, data/synth_stats.json, data/synth_samples.jsonl and tasks.json: see
+``synth_card.py``), so the card can be regenerated
 (``specialize card RUN_DIR``) and always agrees with the artifacts beside it.
 """
 
@@ -14,6 +16,8 @@ from typing import Any
 import yaml
 
 from specialize.io import read_json, write_text
+from specialize.report.per_task import task_table
+from specialize.report.synth_card import synth_section
 
 
 def _load(run: Path, rel: str) -> Any:
@@ -59,6 +63,7 @@ def render_card(run: Path) -> str:
     ]
     L += _base_model_section(cfg, adapted)
     L += _data_section(stats)
+    L += synth_section(run)
     L += _training_section(cfg, hist, adapted)
     L += _results_section(run, cfg)
     L += _merge_section(_load(run, "export/merge_check.json"))
@@ -202,12 +207,12 @@ def _results_section(run: Path, cfg: dict[str, Any]) -> list[str]:
     comp = _load(run, "eval/compare.json")
     if not (base and tuned and comp):
         return []
-    if "f1" in base or "accuracy" in base:
+    if any(k in base for k in ("f1", "accuracy", "schema_valid")):
         L = _answer_results(run, cfg, base, tuned, comp)
     else:
         L = _perplexity_results(base, tuned, comp)
-    if "f1" in base:
-        L += _squad_notes(cfg, comp)
+    if "f1" in base or "schema_valid" in base:
+        L += _squad_notes(cfg, comp, base)
     return L
 
 
@@ -227,6 +232,9 @@ def _answer_results(
     shown = {"base": base, "tuned": tuned} | quantized
     against = {n: comp_gguf for n in quantized} if comp_gguf else {}
     L = _results_head(comp) + results_table(shown, shaped | {"reference": "base"}, against)
+    per_task = task_table({"base": base, "tuned": tuned}, shaped | {"reference": "base"})
+    if per_task:
+        L += ["", *per_task[:-1]]
     if quantized:
         L += [
             "",
@@ -259,17 +267,26 @@ def _perplexity_results(
     ]
 
 
-def _squad_notes(cfg: dict[str, Any], comp: dict[str, Any]) -> list[str]:
-    """How open answers were scored, the breakdowns, and where the answers are."""
-    L = [
-        "",
-        "EM and F1 use SQuAD v1.1 answer normalisation; greedy decoding, at most "
-        f"{cfg['eval']['max_new_tokens']} new tokens.",
-        "",
-        "![metrics](plots/metrics.png)",
-        "",
-    ]
+def _squad_notes(cfg: dict[str, Any], comp: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    """How answers were scored, the breakdowns, and where the answers are."""
+    notes = []
+    if "f1" in base:
+        notes.append(
+            "EM and F1 use SQuAD v1.1 answer normalisation; greedy decoding, at most "
+            f"{cfg['eval']['max_new_tokens']} new tokens."
+        )
+    if "schema_valid" in base:
+        notes.append(
+            "Generated-data tasks are scored by their task: schema-valid is the share of "
+            "answers the task's JSON schema accepts; field F1 is a soft set F1 of the answer's "
+            "items (bullets, question-answer pairs, triplets) against the reference's, each "
+            "item matched to its best token-F1 counterpart, 0 for an invalid answer; passage "
+            "index accuracy is the share of retrieval answers naming the right passage."
+        )
+    L = [x for note in notes for x in ("", note)] + ["", "![metrics](plots/metrics.png)", ""]
     for field, by in comp.get("breakdowns", {}).items():
+        if field == "task" and "by_task" in comp:
+            continue  # the per-task table above has these and more
         L += [
             f"### By {field}",
             "",
@@ -279,8 +296,8 @@ def _squad_notes(cfg: dict[str, Any], comp: dict[str, Any]) -> list[str]:
         for key, b in by["base"].items():
             t = by["tuned"][key]
             L.append(
-                f"| {key} | {b['n']} | {b['exact_match']:.3f} | {t['exact_match']:.3f}"
-                f" | {b['f1']:.3f} | {t['f1']:.3f} |"
+                f"| {key} | {b['n']} | {_num(b.get('exact_match'))} | "
+                f"{_num(t.get('exact_match'))} | {_num(b.get('f1'))} | {_num(t.get('f1'))} |"
             )
         L.append("")
     return L + [
@@ -288,6 +305,11 @@ def _squad_notes(cfg: dict[str, Any], comp: dict[str, Any]) -> list[str]:
         "`eval/tuned/predictions.jsonl`, side by side in `eval/side_by_side.jsonl`.",
         "",
     ]
+
+
+def _num(x: Any) -> str:
+    """Three decimals; "-" for a metric a group lacks (NaN or missing)."""
+    return "-" if x is None or x != x else f"{x:.3f}"
 
 
 def _merge_section(merge: dict[str, Any] | None) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from specialize.io import atomic_path, read_json
+from specialize.report.per_task import task_table
 
 LABELS = {
     "exact_match": "exact match",
@@ -21,6 +22,9 @@ LABELS = {
     "bertscore_f1": "BERTScore F1 (MiniLM-L6)",
     "accuracy": "accuracy (parsed answer)",
     "loglik_accuracy": "accuracy (option log-likelihood)",
+    "schema_valid": "schema-valid answers",
+    "field_f1": "field F1 (soft, token F1 per item)",
+    "index_accuracy": "passage index accuracy",
     "judge_correctness": "judge: correctness (1-5)",
     "judge_faithfulness": "judge: faithfulness (1-5)",
     "judge_relevance": "judge: relevance (1-5)",
@@ -146,6 +150,7 @@ def write_report(
     if (out_dir / "metrics.png").is_file():
         lines += ["![metrics](metrics.png)", ""]
     lines += notes or []
+    lines += task_table(metrics, compare)
     lines += breakdown_tables(compare)
     lines += classification_tables(metrics)
     for name, m in metrics.items():
