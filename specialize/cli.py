@@ -7,6 +7,8 @@
     specialize card RUN_DIR        rewrite MODEL_CARD.md from a run's files
     specialize generate MODEL --input P.jsonl --output A.jsonl [--schema S.json | --choice
                                    a,b | --regex R]   answer prompts, optionally constrained
+    specialize data generate CONFIG   documents -> synthetic instruction data (the synth
+                                   section), resumable: rerun after a crash to go on
     specialize config-docs         every config field with its type, default and meaning
 
 Bad input ends with one line on stderr naming the file, line or field, and exit code 2; a
@@ -166,6 +168,40 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_generate(args: argparse.Namespace) -> int:
+    from specialize.config import load_config
+    from specialize.data.synth_run import check_sources, run_synth, synth_dir
+    from specialize.models.load import load_tokenizer, resolve
+    from specialize.report.synth_report import write_synth_report
+
+    cfg = load_config(args.config, _overrides(args.set))
+    if cfg.synth is None:
+        raise SpecializeError("the config has no synth section", path=args.config, field="synth")
+    tokenizer = None
+    if cfg.synth.chunk.unit == "tokens":
+        tokenizer = load_tokenizer(resolve(cfg.model.base, cfg._base_dir))
+    sources = check_sources(cfg, tokenizer)  # bad files, tasks and schemas: before any model
+    out_dir = Path(args.out) if args.out else synth_dir(cfg)
+    out = run_synth(
+        cfg, sources=sources, tokenizer=tokenizer, out_dir=out_dir, progress=not args.no_progress
+    )
+    write_synth_report(out_dir)
+    t = out.stats["totals"]
+    logging.getLogger("specialize").info(
+        "synthetic data: %d records kept of %d planned (%d teacher calls, %d cached, %d invalid, "
+        "%d removed by filters) -> %s",
+        t["kept"],
+        t["planned"],
+        t["teacher_calls"],
+        t["cached"],
+        t["invalid"],
+        sum(t["removed"].values()),
+        out_dir / "dataset.jsonl",
+    )
+    print(out_dir)
+    return 0
+
+
 def cmd_config_docs(args: argparse.Namespace) -> int:
     from specialize.config import config_docs
 
@@ -248,9 +284,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model-name", default="model", help="model id sent to a server")
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.set_defaults(fn=cmd_generate)
+    _data_parser(sub)
     sp = sub.add_parser("config-docs", help="list every config field")
     sp.set_defaults(fn=cmd_config_docs)
     return p
+
+
+def _data_parser(sub: Any) -> None:
+    sp = sub.add_parser("data", help="data commands: generate synthetic instruction data")
+    data_sub = sp.add_subparsers(dest="data_command", required=True)
+    gp = data_sub.add_parser("generate", help="documents -> synthetic records (config: synth)")
+    gp.add_argument("config", help="YAML config with a synth section")
+    gp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    gp.add_argument("--out", help="output folder (default: OUTPUT_DIR/NAME.synth)")
+    gp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    gp.set_defaults(fn=cmd_data_generate)
 
 
 def main(argv: list[str] | None = None) -> int:

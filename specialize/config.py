@@ -303,6 +303,12 @@ class SynthConfig(Section):
     teacher_model: str = Field(
         "default", description="The model id sent to an OpenAI-compatible teacher."
     )
+    teacher_runtime: Literal["hf", "llama.cpp"] = Field(
+        "hf",
+        description="For a model spec whose files are a GGUF (bundled models): hf loads it into "
+        "PyTorch (the continuous-batching engine, shared with the run's base model); llama.cpp "
+        "runs the GGUF itself (quantized, faster on a CPU). A .gguf or URL teacher ignores this.",
+    )
     teacher_api_key_env: str = Field(
         "OPENAI_API_KEY", description="Environment variable holding the teacher endpoint's key."
     )

@@ -197,6 +197,7 @@ def _config(tmp_path: Path, url: str, docs: Path, **synth: str) -> Path:
         "  validation: 0.2",
         "  test: 0.2",
     ] + [f"  {k}: {v}" for k, v in synth.items()]
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.yaml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -14,7 +14,7 @@ from typing import Any
 
 from specialize.config import RunConfig
 from specialize.data.synth import Sources, SynthOutput, generate_dataset, read_sources
-from specialize.data.teacher import open_teacher, teacher_name
+from specialize.data.teacher import open_teacher, teacher_name, uses_base_model
 from specialize.errors import SpecializeError
 
 
@@ -45,7 +45,7 @@ def run_synth(
     if synth is None:
         raise SpecializeError("the config has no synth section", field="synth")
     src = sources or check_sources(cfg, tokenizer)
-    same = synth.teacher == cfg.model.base and model is not None
+    same = uses_base_model(synth, cfg.model.base) and model is not None
     offline = int(os.environ.get("WORLD_SIZE", "1")) > 1
     teacher = open_teacher(
         synth,

@@ -14,15 +14,44 @@ from pathlib import Path
 from typing import Any
 
 from specialize.config import SynthConfig
+from specialize.errors import SpecializeError
 from specialize.infer.types import Backend
 
 TEACHER_RETRIES = 2  # HTTP retries: a dead endpoint stops the run in seconds, not minutes
+GGUF_CONTEXT = 4096  # a retrieval prompt holds several passages
+
+
+def _gguf_of(synth: SynthConfig, base_dir: Path) -> Path | None:
+    """The GGUF file llama.cpp should run: a ``.gguf`` teacher, or the GGUF behind a model
+    spec when ``teacher_runtime`` is llama.cpp; None for the HF engine."""
+    spec = synth.teacher
+    if spec.endswith(".gguf"):
+        return Path(spec) if Path(spec).is_absolute() else base_dir / spec
+    if synth.teacher_runtime != "llama.cpp":
+        return None
+    from specialize.models.load import resolve
+
+    source = resolve(spec, base_dir)
+    if source.gguf_file is None:
+        raise SpecializeError(
+            f"teacher '{spec}' has no GGUF file for llama.cpp; give a .gguf or use "
+            "teacher_runtime: hf",
+            field="synth.teacher_runtime",
+        )
+    return source.folder / source.gguf_file
+
+
+def uses_base_model(synth: SynthConfig, base: str) -> bool:
+    """Whether the teacher is the run's base model run by the HF engine (loaded once)."""
+    return synth.teacher == base and synth.teacher_runtime == "hf"
 
 
 def teacher_name(synth: SynthConfig) -> str:
     """The name the cache keys answers by: the spec, and the model id for an endpoint."""
     if synth.teacher.startswith(("http://", "https://")):
         return f"{synth.teacher}#{synth.teacher_model}"
+    if synth.teacher_runtime == "llama.cpp" and not synth.teacher.endswith(".gguf"):
+        return f"{synth.teacher}@llama.cpp"  # a quantized run of the model answers differently
     return synth.teacher
 
 
@@ -47,11 +76,11 @@ def open_teacher(
             concurrency=synth.teacher_concurrency,
             retries=TEACHER_RETRIES,
         )
-    if spec.endswith(".gguf"):
+    gguf = _gguf_of(synth, base_dir)
+    if gguf is not None:
         from specialize.infer.llamacpp import LlamaCppBackend
 
-        path = Path(spec) if Path(spec).is_absolute() else base_dir / spec
-        return LlamaCppBackend(path, purpose="generating synthetic data")
+        return LlamaCppBackend(gguf, n_ctx=GGUF_CONTEXT, purpose="generating synthetic data")
     from specialize.infer.hf import HFBackend
 
     if model is None:

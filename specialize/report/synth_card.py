@@ -34,6 +34,14 @@ def synth_section(run: Path) -> list[str]:
     catalog = catalog_entries(read_json(tasks_path)) if tasks_path else []
     samples_path = run / "data" / "synth_samples.jsonl"
     samples = read_jsonl(samples_path) if samples_path.is_file() else []
+    return synth_markdown(stats, catalog, samples)
+
+
+def synth_markdown(
+    stats: dict[str, Any], catalog: list[dict[str, Any]], samples: list[dict[str, Any]]
+) -> list[str]:
+    """The section from the generator's stats, catalog entries and samples (the model card's
+    section, and ``report.md`` beside a dataset made by ``specialize data generate``)."""
     order = list(dict.fromkeys([e["name"] for e in catalog] + list(stats.get("tasks", {}))))
     L = ["## Synthetic training data", ""]
     L += _provenance(stats)
