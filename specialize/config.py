@@ -247,12 +247,6 @@ class SynthFilterConfig(Section):
         description="MinHash Jaccard similarity of two records above which the later is removed "
         "as a near-duplicate (exact duplicates are always removed).",
     )
-    judge_threshold: float | None = Field(
-        None,
-        ge=1,
-        le=5,
-        description="With synth.judge: remove records whose judge score (1-5) is below this.",
-    )
 
 
 class SynthConfig(Section):
@@ -323,17 +317,8 @@ class SynthConfig(Section):
     filters: SynthFilterConfig = Field(
         default_factory=SynthFilterConfig, description="Quality filters."
     )
-    judge: str | None = Field(
-        None, description="Optional judge model (same forms as teacher) scoring each record 1-5."
-    )
     validation: float = Field(0.05, ge=0, lt=1, description="Share of documents for validation.")
     test: float = Field(0.1, ge=0, lt=1, description="Share of documents for test.")
-    cpt_epochs: float = Field(
-        0.0,
-        ge=0,
-        description="Continue pre-training on the documents' chunks for this many epochs "
-        "before SFT on the generated records (0: SFT only; the seed did CPT then SFT).",
-    )
 
     @model_validator(mode="after")
     def _shares(self) -> SynthConfig:
@@ -716,8 +701,9 @@ class RunConfig(Section):
             )
         if self.synth is not None and self.mode == "cpt":
             raise ValueError(
-                "synth makes chat records for mode sft; continued pre-training on the "
-                "documents first is synth.cpt_epochs"
+                "synth makes chat records for mode sft; to continue pre-training on the "
+                "documents, run a mode cpt config on them first (CPT then SFT in one run is "
+                "not built yet)"
             )
 
     # Paths given in the YAML are relative to the YAML file; set by load_config.
