@@ -77,17 +77,39 @@ def synth_config(args: argparse.Namespace) -> Any:
     return cfg.synth
 
 
-def run(synth: Any, teacher: Any, tokenizer: Any, label: str) -> tuple[Any, float]:
-    """One generation into a fresh temporary folder; the output and its wall time."""
+class Timed:
+    """A teacher that notes the wall time and request count of each ``generate`` call (the
+    generator's phases: first answers, each retry round, retrieval answers) and passes
+    everything else through."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.name = inner, inner.name
+        self.phases: list[dict[str, Any]] = []
+
+    def generate(self, requests: Any, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        out = self.inner.generate(requests, **kw)
+        desc = kw.get("desc", "generate")
+        self.phases.append({"phase": desc, "requests": len(requests)})
+        self.phases[-1]["s"] = round(time.perf_counter() - t0, 2)
+        return out
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def run(synth: Any, teacher: Any, tokenizer: Any, label: str) -> tuple[Any, float, list]:
+    """One generation into a fresh temporary folder: the output, its wall time, its phases."""
     from specialize.data.synth import generate_dataset
 
+    timed = Timed(teacher)
     with tempfile.TemporaryDirectory(prefix=f"synth-bench-{label}-") as tmp:
         print(f"\n== {label}: {teacher.name}", flush=True)
         t0 = time.perf_counter()
         out = generate_dataset(
-            synth, ROOT, teacher, Path(tmp), teacher_name=TEACHER, tokenizer=tokenizer
+            synth, ROOT, timed, Path(tmp), teacher_name=TEACHER, tokenizer=tokenizer
         )
-        return out, time.perf_counter() - t0
+        return out, time.perf_counter() - t0, timed.phases
 
 
 def differences(engine: Any, base: Any) -> list[str]:
@@ -181,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     warm_up([engine, naive])
-    eng_out, eng_s = run(synth, engine, tokenizer, "engine")
-    base_out, base_s = run(synth, naive, tokenizer, "baseline")
+    eng_out, eng_s, eng_phases = run(synth, engine, tokenizer, "engine")
+    base_out, base_s, base_phases = run(synth, naive, tokenizer, "baseline")
     engine.close()
 
     diffs = differences(eng_out, base_out)
@@ -205,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": {
             name: {k: row.get(k) for k in COUNTS} for name, row in eng_out.stats["tasks"].items()
         },
+        "phases": {"engine": eng_phases, "baseline": base_phases},
         "differences": diffs,
         "settings": {
             "teacher": TEACHER,
@@ -241,6 +264,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     print("\n" + table(rows))
+    if len(eng_phases) == len(base_phases):
+        rows = [("teacher call", "requests", "engine s", "baseline s", "ratio")]
+        for e, b in zip(eng_phases, base_phases, strict=True):
+            r = f"{b['s'] / e['s']:.2f}x" if e["s"] else "-"
+            rows.append((e["phase"], str(e["requests"]), f"{e['s']:.1f}", f"{b['s']:.1f}", r))
+        print("\n" + table(rows))
     ratio = result["ratio"]
     rate = result["valid_rate"]
     print(
