@@ -182,22 +182,10 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
         tokenizer = load_tokenizer(resolve(cfg.model.base, cfg._base_dir))
     sources = check_sources(cfg, tokenizer)  # bad files, tasks and schemas: before any model
     out_dir = Path(args.out) if args.out else synth_dir(cfg)
-    out = run_synth(
+    run_synth(
         cfg, sources=sources, tokenizer=tokenizer, out_dir=out_dir, progress=not args.no_progress
     )
     write_synth_report(out_dir)
-    t = out.stats["totals"]
-    logging.getLogger("specialize").info(
-        "synthetic data: %d records kept of %d planned (%d teacher calls, %d cached, %d invalid, "
-        "%d removed by filters) -> %s",
-        t["kept"],
-        t["planned"],
-        t["teacher_calls"],
-        t["cached"],
-        t["invalid"],
-        sum(t["removed"].values()),
-        out_dir / "dataset.jsonl",
-    )
     print(out_dir)
     return 0
 

@@ -152,13 +152,6 @@ def _synthesize(
             model = load_model(source, cfg.model.dtype, cfg.lora.quantize)
     with timer.stage("synth"):
         out = run_synth(cfg, sources=sources, model=model, tokenizer=tokenizer, progress=progress)
-    t = out.stats["totals"]
-    log.info(
-        "synthetic data: %d records kept of %d planned (%d teacher calls, %d cached, "
-        "%d invalid, %d removed by filters) -> %s",
-        t["kept"], t["planned"], t["teacher_calls"], t["cached"], t["invalid"],
-        sum(t["removed"].values()), out.out_dir,
-    )  # fmt: skip
     if not out.records:
         raise SpecializeError(
             "the synth stage kept no records (see synth_stats.json)", path=out.out_dir

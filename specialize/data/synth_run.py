@@ -8,6 +8,7 @@ crash) asks the teacher nothing it has already answered.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from specialize.config import RunConfig
 from specialize.data.synth import Sources, SynthOutput, generate_dataset, read_sources
 from specialize.data.teacher import open_teacher, teacher_name, uses_base_model
 from specialize.errors import SpecializeError
+
+log = logging.getLogger("specialize")
 
 
 def synth_dir(cfg: RunConfig) -> Path:
@@ -55,10 +58,18 @@ def run_synth(
         chat_format=cfg.chat.format if same else "template",
     )
     try:
-        return generate_dataset(
+        out = generate_dataset(
             synth, cfg._base_dir, teacher, out_dir or synth_dir(cfg),
             teacher_name=teacher_name(synth), progress=progress, sources=src,
             cached_only=offline,
         )  # fmt: skip
     finally:
         teacher.close()
+    t = out.stats["totals"]
+    log.info(
+        "synthetic data: %d records kept of %d planned (%d teacher calls, %d cached, "
+        "%d invalid, %d removed by filters) -> %s",
+        t["kept"], t["planned"], t["teacher_calls"], t["cached"], t["invalid"],
+        sum(t["removed"].values()), out.out_dir / "dataset.jsonl",
+    )  # fmt: skip
+    return out
