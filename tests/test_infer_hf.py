@@ -217,3 +217,84 @@ def test_unknown_adapter_and_bad_schema_are_one_line_errors(model, chatml_tok):
             hf.generate(
                 [ask("q", constraint=Constraint.json_schema({"type": "nonsense"}))], progress=False
             )
+
+
+class _Rounds:
+    """The HF backend seen through ``generate`` only: chains run in rounds."""
+
+    def __init__(self, hf: HFBackend) -> None:
+        self.hf, self.name = hf, hf.name
+
+    def generate(self, requests, **kw):
+        return self.hf.generate(requests, **kw)
+
+    def close(self) -> None:
+        pass
+
+
+def _count_steps(monkeypatch) -> list[int]:
+    from specialize.infer.engine import Engine
+
+    steps = [0]
+    real = Engine.step
+
+    def counted(self, batch):
+        steps[0] += 1
+        return real(self, batch)
+
+    monkeypatch.setattr(Engine, "step", counted)
+    return steps
+
+
+def test_follow_ups_join_the_running_batch_with_the_same_answers(model, chatml_tok, monkeypatch):
+    """A chain's second question (built from its first answer) is queued the moment that
+    answer is in: the same texts as asking in rounds, in fewer decoding steps."""
+    from specialize.infer.structured import generate_chains
+
+    steps = _count_steps(monkeypatch)
+    first = [ask(q, max_new_tokens=4 + 6 * (i % 3)) for i, q in enumerate(QUESTIONS)]  # 4..16
+
+    def run(backend) -> dict[int, list[str]]:
+        got: dict[int, list[str]] = {}
+
+        def step(i: int, res: Result) -> Request | None:
+            got.setdefault(i, []).append(res.text)
+            if len(got[i]) == 2 or i % 3:  # the short first answers ask again (like retries)
+                return None
+            return ask(f"Say more about: {res.text}", max_new_tokens=10)
+
+        generate_chains(backend, first, step, progress=False)
+        return got
+
+    with HFBackend(model, chatml_tok, "chatml", batch_size=8) as hf:
+        chained = run(hf)
+        chained_steps, steps[0] = steps[0], 0
+        rounds = run(_Rounds(hf))
+    assert chained == rounds and [len(chained[i]) for i in range(6)] == [2, 1, 1, 2, 1, 1]
+    # chained: the follow-ups (4 + 10 tokens) end inside the longest first answer (16);
+    # in rounds they start after it
+    assert chained_steps < steps[0]
+
+
+def test_then_chains_a_stage_or_ends_with_a_known_answer(model, chatml_tok):
+    """``then`` continues a checked request with a stage of its own, or ends it with a result
+    known without a call (how synthetic data resumes a chain from its cache)."""
+    c = Constraint.choice(["yes", "no"])
+    known = Result("no", 1, "stop", value="no")
+    stages: list[tuple[int, str]] = []
+
+    def then(i: int, res: Result):
+        stages.append((i, res.text))
+        if i == 0 and len(stages) < 3 and not any(k == 0 and t == "no" for k, t in stages[:-1]):
+            return ask("Really?", max_new_tokens=4, constraint=c) if res.text else None
+        return known if i == 1 and res is not known else None
+
+    counts = Counts()
+    with HFBackend(model, chatml_tok, "chatml", batch_size=4) as hf:
+        out = generate_checked(
+            hf, [ask("Is it?", max_new_tokens=4, constraint=c), ask("Or?", max_new_tokens=4,
+            constraint=c)], counts=counts, progress=False, then=then,
+        )  # fmt: skip
+    assert out[1] is known  # ended with the known answer, no call made for it
+    assert [i for i, _ in stages].count(0) == 2  # request 0: its first stage, then its second
+    assert all(r.ok for r in out) and counts.requests == 3 and counts.valid == 3

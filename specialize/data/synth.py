@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -147,6 +147,9 @@ def write_outputs(out: SynthOutput) -> None:
 # ------------------------------------------------------------------------- teacher calls
 
 
+_Job = tuple[Task, Task, TaskInput]  # (task counted under, task asked, input)
+
+
 @dataclass
 class _Answer:
     """A planned record's teacher answer (None for tasks without teacher), and its question's."""
@@ -173,8 +176,9 @@ class _Asker:
         self.cached_only = False
 
     def answer_plan(self, the_plan: Plan) -> dict[str, _Answer]:
-        """Phase 1: every single-input task and each retrieval record's question; phase 2:
-        the retrieval records, asked with the questions the teacher wrote."""
+        """Every single-input task, and each retrieval record as a chain of two stages: the
+        teacher writes a question about the chunk, then answers it over the passages. The
+        second stage is asked as soon as its question is in (in the same running batch)."""
         first = [
             p
             for p in the_plan.items
@@ -183,34 +187,42 @@ class _Asker:
         retrieval = [p for p in the_plan.items if p.task.input_kind == "question_passages"]
         jobs = [(p.task, p.task, p.inp) for p in first]
         jobs += [(p.task, QUESTION, TaskInput((p.chunk,))) for p in retrieval]
-        results = self.ask(jobs, "teacher")
+        questions: dict[int, Result] = {}
+
+        def then(i: int, res: Result) -> _Job | None:
+            if i < len(first) or i in questions:
+                return None  # a single-stage task, or the retrieval answer itself
+            questions[i] = res
+            if not res.ok or res.value is None:
+                return None
+            p = retrieval[i - len(first)]
+            return (p.task, p.task, replace(p.inp, question=res.value.question))
+
+        results = self.ask(jobs, "teacher", then)
         answers = {p.id: _Answer(r) for p, r in zip(first, results[: len(first)], strict=True)}
-        asked: list[Planned] = []
-        for p, q in zip(retrieval, results[len(first) :], strict=True):
-            answers[p.id] = _Answer(None, q)
-            if q.ok and q.value is not None:
-                asked.append(replace(p, inp=replace(p.inp, question=q.value.question)))
-        second = self.ask([(p.task, p.task, p.inp) for p in asked], "teacher (retrieval)")
-        for p, r in zip(asked, second, strict=True):
-            answers[p.id].result = r
+        for k, p in enumerate(retrieval):
+            r = results[len(first) + k]
+            q = questions.get(len(first) + k, r)
+            answers[p.id] = _Answer(r if r is not q else None, q)
         for p in the_plan.items:
             answers.setdefault(p.id, _Answer(None))
         return answers
 
-    def ask(self, jobs: Sequence[tuple[Task, Task, TaskInput]], desc: str) -> list[Result]:
-        """Answers for (counted under, task asked, input) jobs: cached, else from the teacher."""
-        requests = [self._request(asked, inp) for _, asked, inp in jobs]
-        keys = [
-            cache_key(self.settings, asked.fingerprint(), r)
-            for (_, asked, _), r in zip(jobs, requests, strict=True)
-        ]
+    def ask(
+        self,
+        jobs: Sequence[_Job],
+        desc: str,
+        then: Callable[[int, Result], _Job | None] | None = None,
+    ) -> list[Result]:
+        """The final answer of each job's chain: cached, else from the teacher. A job is
+        (task counted under, task asked, input); ``then(i, answer)`` may give a next job."""
+        chains = _Chains(self, list(jobs), then)
         out: list[Result | None] = [None] * len(jobs)
         todo: list[int] = []
-        for i, (key, req) in enumerate(zip(keys, requests, strict=True)):
-            hit = self.cache.get(key)
-            if hit is not None:
-                out[i] = checked(hit, req)
-                self._tally(jobs[i][0].name, "cached", 1)
+        for i, job in enumerate(jobs):
+            got = chains.advance(i, job)
+            if isinstance(got, Result):
+                out[i] = got
             else:
                 todo.append(i)
         if todo and self.cached_only:
@@ -222,35 +234,20 @@ class _Asker:
         for w in range(0, len(todo), WAVE):
             wave = todo[w : w + WAVE]
             label = desc if len(todo) <= WAVE else f"{desc} {w // WAVE + 1}/{-(-len(todo) // WAVE)}"
-            for i, res in zip(wave, self._call(wave, jobs, requests, keys, label), strict=True):
+            for i, res in zip(wave, self._call(wave, chains, label), strict=True):
                 out[i] = res
         return [r for r in out if r is not None]
 
-    def _call(
-        self,
-        wave: list[int],
-        jobs: Sequence[tuple[Task, Task, TaskInput]],
-        requests: list[Request],
-        keys: list[str],
-        desc: str,
-    ) -> list[Result]:
-        def keep(k: int, res: Result) -> None:
-            i = wave[k]
-            self.cache.put(keys[i], jobs[i][1].name, res)
-
+    def _call(self, wave: list[int], chains: _Chains, desc: str) -> list[Result]:
         before = getattr(self.teacher, "fallbacks", 0)
         try:
             results = generate_checked(
-                self.teacher, [requests[i] for i in wave], retries=self.synth.retries,
-                progress=self.progress, desc=desc, on_result=keep,
+                self.teacher, [chains.requests[i] for i in wave], retries=self.synth.retries,
+                progress=self.progress, desc=desc, then=lambda k, res: chains.done(wave[k], res),
             )  # fmt: skip
         except SpecializeError as e:
             raise self._stopped(e.message) from None
         self.fallbacks += getattr(self.teacher, "fallbacks", 0) - before
-        for i, res in zip(wave, results, strict=True):
-            name = jobs[i][0].name
-            self._tally(name, "teacher_calls", res.attempts)
-            self._tally(name, "retries", res.attempts - 1)
         failed = [r for r in results if r.error is not None]
         if failed:
             raise self._stopped(failed[0].error or "no answer")
@@ -276,6 +273,46 @@ class _Asker:
     def _tally(self, task: str, key: str, n: int) -> None:
         row = self.calls.setdefault(task, {"teacher_calls": 0, "cached": 0, "retries": 0})
         row[key] = row.get(key, 0) + n
+
+
+class _Chains:
+    """The current stage of each job's chain: its request and cache key; moves a chain on
+    through cached stages without calling the teacher, and caches each answer it gets."""
+
+    def __init__(
+        self, asker: _Asker, jobs: list[_Job], then: Callable[[int, Result], _Job | None] | None
+    ) -> None:
+        self.asker, self.then = asker, then
+        self.jobs = jobs
+        self.requests: list[Request | None] = [None] * len(jobs)
+        self.keys = [""] * len(jobs)
+
+    def advance(self, i: int, job: _Job) -> Request | Result:
+        """The request chain ``i`` must send next, or its final answer if all was cached."""
+        a = self.asker
+        while True:
+            self.jobs[i] = job
+            req = a._request(job[1], job[2])
+            self.requests[i], self.keys[i] = req, cache_key(a.settings, job[1].fingerprint(), req)
+            hit = a.cache.get(self.keys[i])
+            if hit is None:
+                return req
+            res = checked(hit, req)
+            a._tally(job[0].name, "cached", 1)
+            nxt = self.then(i, res) if self.then is not None else None
+            if nxt is None:
+                return res
+            job = nxt
+
+    def done(self, i: int, res: Result) -> Request | Result | None:
+        """A stage's answer from the teacher: cached, counted, and the chain's next stage."""
+        counted, asked, _ = self.jobs[i]
+        a = self.asker
+        a.cache.put(self.keys[i], asked.name, res)
+        a._tally(counted.name, "teacher_calls", res.attempts)
+        a._tally(counted.name, "retries", res.attempts - 1)
+        nxt = self.then(i, res) if self.then is not None else None
+        return None if nxt is None else self.advance(i, nxt)
 
 
 # -------------------------------------------------------------------------- records

@@ -266,7 +266,9 @@ class Engine:
         self.adapter_names = adapter_names
         self._masker: Any = None
         self._waiting: deque[Ticket] = deque()
-        self._lock = threading.Lock()
+        # re-entrant: a ticket's callback (run under it when a cancelled ticket is dropped)
+        # may queue a follow-up request
+        self._lock = threading.RLock()
         self._closed = False
         self._worker: threading.Thread | None = None
 

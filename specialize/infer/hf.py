@@ -5,7 +5,10 @@ model this process holds (the one just trained, a base model with several LoRA a
 One worker thread drives the model (:class:`specialize.infer.engine.Engine`); ``generate``
 queues a whole list of requests at once (shortest prompt first, so rows admitted together
 pad little) and waits, while ``submit`` queues one request from any thread and returns a
-ticket that streams its text; both share the same running batch.
+ticket that streams its text; both share the same running batch. ``generate_chains`` queues
+each request's follow-up (a retry of an invalid answer, a second question built from the
+first answer) the moment its answer is in, so follow-ups fill slots of the running batch
+instead of waiting for the slowest first answer and then running as a near-empty batch.
 
 Prompts are rendered with the run's chat format (:func:`render_prompt`), so the model sees
 exactly what it was trained on; requests may instead carry ``prompt_ids`` the caller rendered
@@ -18,6 +21,7 @@ mixed-adapter batches), ``adapter="base"`` runs without any.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,7 @@ from tqdm.auto import tqdm
 
 from specialize.errors import SpecializeError
 from specialize.infer.engine import Engine, Ticket
-from specialize.infer.types import OnResult, Request, Result, checked
+from specialize.infer.types import OnResult, Request, Result, Step, checked
 
 
 def attach_adapters(model: Any, adapters: Mapping[str, str | Path]) -> Any:
@@ -162,3 +166,66 @@ class HFBackend:
             if t.callback_error is not None:
                 raise t.callback_error
         return out  # type: ignore[return-value]
+
+    def generate_chains(
+        self,
+        requests: Sequence[Request],
+        step: Step,
+        *,
+        progress: bool = True,
+        desc: str = "generate",
+    ) -> None:
+        """Answer each request, then whatever ``step(i, result)`` asks next for chain ``i``,
+        until it returns None; follow-ups join the running batch at once.
+
+        ``step`` runs in the engine thread, one call at a time. An exception in ``step``
+        cancels every chain's further requests and is re-raised here, in the caller.
+        """
+        if not requests:
+            return
+        bar = tqdm(
+            total=len(requests), desc=desc, unit="rec", disable=not progress, dynamic_ncols=True
+        )
+        open_chains = [len(requests)]
+        done = threading.Event()
+        errors: list[BaseException] = []
+        live: dict[int, Ticket] = {}
+
+        def finished(t: Ticket) -> None:
+            follow: Request | None = None
+            try:
+                res = checked(t.final, t.request)
+                bar.update(1)
+                if not errors:
+                    follow = step(t.index, res)
+                if follow is not None:
+                    nxt = self._ticket(follow, t.index, False)
+                    nxt.callback = finished
+                    live[t.index] = nxt
+                    bar.total += 1
+                    self.engine.submit_many([nxt])
+                    return
+            except BaseException as err:  # noqa: BLE001 - re-raised in the caller below
+                errors.append(err)
+                for other in live.values():
+                    other.cancel()
+            open_chains[0] -= 1
+            if open_chains[0] == 0:
+                done.set()
+
+        tickets = [self._ticket(r, i, False) for i, r in enumerate(requests)]
+        for t in tickets:
+            t.callback = finished
+            live[t.index] = t
+        try:
+            self.engine.submit_many(sorted(tickets, key=lambda t: len(t.prompt)))
+            while not done.wait(0.5):
+                pass
+        except BaseException:
+            for t in list(live.values()):
+                t.cancel()
+            raise
+        finally:
+            bar.close()
+        if errors:
+            raise errors[0]

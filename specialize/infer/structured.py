@@ -12,10 +12,15 @@ an exception that loses the rest of the run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from specialize.infer.types import Backend, Counts, OnResult, Request, Result, Sampling
+from specialize.errors import SpecializeError
+from specialize.infer.types import Backend, Counts, OnResult, Request, Result, Sampling, Step
+
+# ``then(i, result)``: the next stage of chain ``i`` (a request), its known answer (a result,
+# e.g. cached) or None (the chain ends with ``result``)
+Then = Callable[[int, Result], "Request | Result | None"]
 
 RETRY_TEMPERATURE = 0.7  # a retry samples: greedy decoding would repeat the invalid answer
 
@@ -34,6 +39,49 @@ def reason_key(reason: str) -> str:
     return head[:60] or "invalid"
 
 
+def generate_chains(
+    backend: Backend,
+    requests: Sequence[Request],
+    step: Step,
+    *,
+    progress: bool = True,
+    desc: str = "generate",
+) -> None:
+    """Answer each request, then whatever ``step(i, result)`` asks next for chain ``i``
+    (a retry, a second question built from the answer), until ``step`` returns None.
+
+    A backend with its own ``generate_chains`` (the local engine) queues each follow-up into
+    the running batch as soon as its answer is in. Any other backend answers in rounds: all
+    first requests, then all follow-ups, and so on (an HTTP endpoint or llama.cpp server
+    answers each round concurrently). ``step`` is called once per answer, one at a time.
+    """
+    native = getattr(backend, "generate_chains", None)
+    if native is not None:
+        native(requests, step, progress=progress, desc=desc)
+        return
+    current = list(requests)
+    todo = list(range(len(requests)))
+    rounds = 0
+    while todo:
+        follow: list[int] = []
+
+        def finished(
+            k: int, res: Result, todo: list[int] = todo, follow: list[int] = follow
+        ) -> None:
+            i = todo[k]
+            nxt = step(i, res)
+            if nxt is not None:
+                current[i] = nxt
+                follow.append(i)
+
+        label = desc if rounds == 0 else f"{desc} (round {rounds + 1})"
+        backend.generate(
+            [current[i] for i in todo], progress=progress, desc=label, on_result=finished
+        )
+        todo = sorted(follow)
+        rounds += 1
+
+
 def generate_checked(
     backend: Backend,
     requests: Sequence[Request],
@@ -43,50 +91,57 @@ def generate_checked(
     progress: bool = True,
     desc: str = "generate",
     on_result: OnResult | None = None,
+    then: Then | None = None,
 ) -> list[Result]:
     """``backend.generate`` with invalid constrained answers retried, then counted.
 
     ``on_result(i, result)`` is called once per request with its final result. ``counts`` (if
     given) is updated in place: valid/invalid/errors, retries made, reasons of the invalid,
     and the backend's schema fallbacks (an endpoint that refused ``json_schema``).
+
+    ``then(i, result)``, called with each stage's final answer (valid, invalid after its
+    retries, or an error), may continue request ``i``'s chain: with a new request (a stage of
+    its own, with its own retries), or with a :class:`Result` known without a call (a cached
+    answer), which ends the chain. Retries and later stages go through
+    :func:`generate_chains`, so on the local engine they run in the same batch as the first
+    answers.
     """
     counts = counts if counts is not None else Counts()
     fallbacks_before = getattr(backend, "fallbacks", 0)
     out: list[Result | None] = [None] * len(requests)
-    todo = list(range(len(requests)))
-    current = list(requests)
-    for attempt in range(retries + 1):
-        last = attempt == retries
-        batch = [current[i] for i in todo]
+    stage = list(requests)  # the request each chain's current stage started from
+    attempt = [1] * len(requests)
 
-        def finished(
-            k: int, res: Result, todo: list[int] = todo, last: bool = last, n: int = attempt + 1
-        ) -> None:
-            i = todo[k]
-            res.attempts = n
-            out[i] = res
-            if (res.invalid is None or last) and on_result is not None:
-                on_result(i, res)
-
-        label = desc if attempt == 0 else f"{desc} (retry {attempt})"
-        backend.generate(batch, progress=progress, desc=label, on_result=finished)
-        again = [i for i in todo if (r := out[i]) is not None and r.invalid is not None]
-        if not again or last:
-            break
-        counts.retries += len(again)
-        for i in again:
-            current[i] = _retry_request(requests[i], attempt + 1)
-        todo = again
-    results: list[Result] = [r for r in out if r is not None]
-    counts.requests += len(results)
-    for req, r in zip(requests, results, strict=True):
-        if r.error is not None:
+    def end_stage(req: Request, res: Result) -> None:
+        counts.requests += 1
+        if res.error is not None:
             counts.errors += 1
-        elif r.invalid is not None:
+        elif res.invalid is not None:
             counts.invalid += 1
-            key = reason_key(r.invalid)
+            key = reason_key(res.invalid)
             counts.invalid_reasons[key] = counts.invalid_reasons.get(key, 0) + 1
         elif req.constraint is not None:
             counts.valid += 1
+
+    def step(i: int, res: Result) -> Request | None:
+        res.attempts = attempt[i]
+        if res.error is None and res.invalid is not None and attempt[i] <= retries:
+            counts.retries += 1
+            attempt[i] += 1
+            return _retry_request(stage[i], attempt[i] - 1)
+        end_stage(stage[i], res)
+        nxt = then(i, res) if then is not None else None
+        if isinstance(nxt, Request):
+            stage[i], attempt[i] = nxt, 1
+            return nxt
+        out[i] = nxt if nxt is not None else res
+        if on_result is not None:
+            on_result(i, out[i])
+        return None
+
+    generate_chains(backend, requests, step, progress=progress, desc=desc)
     counts.fallbacks += getattr(backend, "fallbacks", 0) - fallbacks_before
-    return results
+    missing = [i for i, r in enumerate(out) if r is None]
+    if missing:  # a backend that dropped a request: an error result, never a silent gap
+        raise SpecializeError(f"{len(missing)} requests got no answer from {backend.name}")
+    return [r for r in out if r is not None]

@@ -238,6 +238,8 @@ class Result:
 
 
 OnResult = Callable[[int, Result], None]
+# ``step(i, result)``: what chain ``i`` asks next after ``result`` (None: the chain is done)
+Step = Callable[[int, Result], "Request | None"]
 
 
 @runtime_checkable
