@@ -79,12 +79,28 @@ def synth_config(args: argparse.Namespace) -> Any:
 
 class Timed:
     """A teacher that notes the wall time and request count of each ``generate`` call (the
-    generator's phases: first answers, each retry round, retrieval answers) and passes
-    everything else through."""
+    generator's phases: on the engine one call whose retries and retrieval answers join the
+    running batch; on the baseline, rounds: first answers, then each round of retries and
+    retrieval answers) and passes everything else through."""
 
     def __init__(self, inner: Any) -> None:
         self.inner, self.name = inner, inner.name
         self.phases: list[dict[str, Any]] = []
+        if hasattr(inner, "generate_chains"):  # keep the engine's chaining visible
+            self.generate_chains = self._chains
+
+    def _chains(self, requests: Any, step: Any, **kw: Any) -> None:
+        t0 = time.perf_counter()
+        calls = [0]
+
+        def counted(i: int, res: Any) -> Any:
+            calls[0] += 1
+            return step(i, res)
+
+        self.inner.generate_chains(requests, counted, **kw)
+        desc = kw.get("desc", "generate") + " (chained)"
+        self.phases.append({"phase": desc, "requests": calls[0]})
+        self.phases[-1]["s"] = round(time.perf_counter() - t0, 2)
 
     def generate(self, requests: Any, **kw: Any) -> Any:
         t0 = time.perf_counter()

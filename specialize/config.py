@@ -674,6 +674,7 @@ class RunConfig(Section):
                 "model.dtype float16 cannot be trained stably (no loss scaling here); "
                 "use bfloat16 or float32"
             )
+        self._synth_eval_budget()
         if self.eval.max_new_tokens >= self.chat.max_seq_len:
             raise ValueError("eval.max_new_tokens must be smaller than chat.max_seq_len")
         if self.mode == "cpt" and self.data.format != "auto":
@@ -689,6 +690,22 @@ class RunConfig(Section):
                 "chat.format harmony needs a gpt-oss tokenizer; the bundled models use ChatML"
             )
         return self
+
+    def _synth_eval_budget(self) -> None:
+        """The student gets at least the teacher's budget: every structured training answer
+        fit in ``synth.max_new_tokens``, and a smaller evaluation budget would cut the same
+        answer from the tuned model and count it invalid. Unset, it is the teacher's."""
+        if self.synth is None:
+            return
+        want = self.synth.max_new_tokens
+        if "max_new_tokens" not in self.eval.model_fields_set:
+            self.eval.max_new_tokens = want
+        elif self.eval.max_new_tokens < want:
+            raise ValueError(
+                f"eval.max_new_tokens {self.eval.max_new_tokens} is below synth.max_new_tokens "
+                f"{want}: answers the teacher wrote in up to {want} tokens would be cut in "
+                "evaluation and counted invalid (leave it unset to use the teacher's budget)"
+            )
 
     def _data_source(self) -> None:
         """Exactly one source of records: data.path, or synth generating them."""

@@ -32,7 +32,8 @@ STATS = {
         "bullets": {
             "planned": 35, "teacher_calls": 35, "cached": 0, "valid": 34, "invalid": 1,
             "invalid_reasons": {"not JSON (cut by max_new_tokens)": 1}, "errors": 0,
-            "retries": 2, "removed": {"grounding": 3, "near_duplicate": 1}, "kept": 30,
+            "retries": 2, "removed": {"grounding": 3, "near_duplicate": 1}, "repaired": 5,
+            "kept": 30,
             "splits": {"train": 24, "validation": 2, "test": 4},
         },
         "rephrase": {
@@ -41,7 +42,7 @@ STATS = {
             "kept": 18, "splits": {"train": 15, "validation": 1, "test": 2},
         },
     },
-    "totals": {"planned": 55, "teacher_calls": 47, "kept": 48,
+    "totals": {"planned": 55, "teacher_calls": 47, "kept": 48, "repaired": 5,
                "removed": {"grounding": 3, "near_duplicate": 1, "too_short": 2}, "invalid": 1},
     "splits": {"documents": {"train": 40, "validation": 3, "test": 9},
                "records": {"train": 39, "validation": 3, "test": 6}},
@@ -114,10 +115,10 @@ def test_synthetic_data_section(tmp_path):
     assert "- `summary` (chunk → JSON):" in text
     assert '  > Summarise the passage. Answer in JSON: {"summary": "..."}' in text
     # per-task counts: planned, calls, cached, retries, errors, valid, invalid, removed x3,
-    # kept, train, validation, test
-    assert "| `bullets` | 35 | 35 | 0 | 2 | 0 | 34 | 1 | 3 | 1 | 0 | 30 | 24 | 2 | 4 |" in text
-    assert "| `rephrase` | 20 | 12 | 8 | 0 | 0 | 20 | 0 | 0 | 0 | 2 | 18 | 15 | 1 | 2 |" in text
-    assert "| **total** | 55 | 47 |  |  |  |  | 1 | 3 | 1 | 2 | 48 | 39 | 3 | 6 |" in text
+    # repaired, kept, train, validation, test (stats from before 'repaired' read as 0)
+    assert "| `bullets` | 35 | 35 | 0 | 2 | 0 | 34 | 1 | 3 | 1 | 0 | 5 | 30 | 24 | 2 | 4 |" in text
+    assert "| `rephrase` | 20 | 12 | 8 | 0 | 0 | 20 | 0 | 0 | 0 | 2 | 0 | 18 | 15 | 1 | 2 |" in text
+    assert "| **total** | 55 | 47 |  |  |  |  | 1 | 3 | 1 | 2 | 5 | 48 | 39 | 3 | 6 |" in text
     assert "removed: near duplicate" in text
     assert "`bullets`: not JSON (cut by max_new_tokens) (1)" in text
 

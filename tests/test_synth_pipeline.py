@@ -30,6 +30,7 @@ def test_run_with_synth_trains_and_evaluates_per_task(tmp_path, tiny_llama, caps
                 f"  teacher: {server.url}",
                 "  validation: 0.2",
                 "  test: 0.2",
+                "  max_new_tokens: 16",
                 "lora: {r: 4, alpha: 8, dropout: 0.0, targets: all-linear}",
                 "train: {max_steps: 2, batch_size: 4, lr: 0.01, eval_every: 2, log_every: 1}",
                 "eval: {max_new_tokens: 16, batch_size: 8, bootstrap: 100, bertscore: false}",

@@ -523,3 +523,53 @@ def test_repeated_items_and_self_triplets_are_removed():
     tri = BUILTIN["triplets"]
     self_rel = tri.parse('{"triplets":[{"subject":"Rhine","relation":"is","object":"rhine"}]}')
     assert tri.check(self_rel, ONE, FILTERS) == "repetition"
+    assert tri.repair(self_rel) == (self_rel, 0)  # nothing would be left: removed, not repaired
+
+
+def test_repair_drops_repeated_items_and_keeps_the_first_of_each():
+    bul = BUILTIN["bullets"]
+    loop = bul.parse('{"bullets":["The Rhine is long.","It flows north.","the rhine is long"]}')
+    fixed, dropped = bul.repair(loop)
+    assert dropped == 1 and fixed.bullets == ["The Rhine is long.", "It flows north."]
+    assert bul.check(fixed, ONE, FILTERS) is None and loop.bullets[2] == "the rhine is long"
+    tri = BUILTIN["triplets"]
+    t = tri.parse(
+        '{"triplets":[{"subject":"Rhine","relation":"flows to","object":"North Sea"},'
+        '{"subject":"Rhine","relation":"is","object":"rhine"},'
+        '{"subject":"rhine","relation":"flows to","object":"north sea"}]}'
+    )
+    fixed, dropped = tri.repair(t)
+    assert dropped == 2 and [x.object for x in fixed.triplets] == ["North Sea"]
+    qa = BUILTIN["qa_pairs"]
+    pairs = qa.parse(
+        '{"pairs":[{"question":"How long is the Rhine?","answer":"Long."},'
+        '{"question":"How long is the Rhine?","answer":"Very long."}]}'
+    )
+    fixed, dropped = qa.repair(pairs)
+    assert dropped == 1 and [p.answer for p in fixed.pairs] == ["Long."]
+    ok = bul.parse('{"bullets":["The Rhine is long."]}')
+    assert bul.repair(ok) == (ok, 0)
+    assert BUILTIN["rephrase"].repair("The Rhine is long.") == ("The Rhine is long.", 0)
+
+
+def test_eval_budget_is_at_least_the_teachers(tmp_path):
+    """Every structured training answer fit in synth.max_new_tokens; a smaller evaluation
+    budget would cut the tuned model's same answer and count it invalid."""
+    from pydantic import ValidationError
+
+    from specialize.config import RunConfig
+
+    base = {
+        "name": "b",
+        "model": {"base": "bundled:smollm2-135m-instruct"},
+        "synth": {"documents": str(tmp_path), "max_new_tokens": 120},
+    }
+    assert RunConfig.model_validate(base).eval.max_new_tokens == 120
+    assert (
+        RunConfig.model_validate(base | {"eval": {"max_new_tokens": 200}}).eval.max_new_tokens
+        == 200
+    )
+    with pytest.raises(ValidationError, match="eval.max_new_tokens 64 is below synth"):
+        RunConfig.model_validate(base | {"eval": {"max_new_tokens": 64}})
+    plain = {"name": "p", "model": base["model"], "data": {"path": "x.jsonl"}}
+    assert RunConfig.model_validate(plain).eval.max_new_tokens == 48

@@ -333,6 +333,7 @@ class _Tally:
                 "invalid": 0,
                 "invalid_reasons": {},
                 "removed": {},
+                "repaired": 0,
                 "kept": 0,
             },
         )
@@ -360,6 +361,9 @@ def _assemble(
         value, inp, reason = _value(p, answers[p.id], tally)
         if value is None:
             continue
+        value, dropped = p.task.repair(value)
+        if dropped:
+            tally.bump(name, "repaired")
         reason = reason or p.task.check(value, inp, synth.filters)
         user, assistant = p.task.user_message(inp), p.task.render(value)
         if reason is None:
@@ -480,6 +484,7 @@ def _stats(
             "valid": sum(r["valid"] for r in tasks.values()),
             "invalid": sum(r["invalid"] for r in tasks.values()),
             "removed": removed,
+            "repaired": sum(r["repaired"] for r in tasks.values()),
             "kept": len(records),
             "schema_fallbacks": asker.fallbacks,
         },

@@ -24,10 +24,10 @@ import hashlib
 import importlib
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -256,6 +256,31 @@ class Task:
             value = value.model_dump(mode="json")
         return [f"{path}: {leaf}" if path else leaf for path, leaf in _leaves(value)]
 
+    def repair(self, value: Any) -> tuple[Any, int]:
+        """The answer without the items a small teacher repeated (the same bullet, question or
+        triplet again, a triplet relating a thing to itself), and how many were dropped.
+
+        A 135M teacher often writes two good triplets and then loops on the second; dropping
+        the repeats keeps the good part (the record is then counted as repaired) instead of
+        losing the record, and never teaches the student to loop. An answer with nothing left
+        is returned as it was, for :meth:`check` to remove as ``repetition``."""
+        if isinstance(value, Bullets):
+            kept = _first_of_each(value.bullets, _norm)
+            field = "bullets"
+        elif isinstance(value, QAPairs):
+            kept = _first_of_each(value.pairs, lambda p: _norm(p.question))
+            field = "pairs"
+        elif isinstance(value, Triplets):
+            real = [t for t in value.triplets if _norm(t.subject) != _norm(t.object)]
+            kept = _first_of_each(real, lambda t: _norm(f"{t.subject} {t.relation} {t.object}"))
+            field = "triplets"
+        else:
+            return value, 0
+        items = getattr(value, field)
+        if not kept or len(kept) == len(items):
+            return value, 0
+        return value.model_copy(update={field: kept}), len(items) - len(kept)
+
     def check(self, value: Any, inp: TaskInput, filters: SynthFilterConfig) -> str | None:
         """None to keep the record, else the filter that removes it (``empty``, ``refusal``,
         ``repetition``, ``length``, ``copy``, ``retrieval_index``, ``grounding``). See
@@ -326,6 +351,20 @@ def _repeats(value: Any) -> bool:
         items = [f"{t.subject} {t.relation} {t.object}" for t in value.triplets]
     norm = [_norm(i) for i in items]
     return len(set(norm)) < len(norm)
+
+
+_T = TypeVar("_T")
+
+
+def _first_of_each(items: Sequence[_T], key: Callable[[_T], str]) -> list[_T]:
+    seen: set[str] = set()
+    out = []
+    for item in items:
+        k = key(item)
+        if k not in seen:
+            seen.add(k)
+            out.append(item)
+    return out
 
 
 def _norm(text: str) -> str:

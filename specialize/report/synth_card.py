@@ -133,27 +133,36 @@ def _instruction(task: dict[str, Any]) -> str:
 
 
 def _task_table(stats: dict[str, Any], tasks: list[str]) -> list[str]:
-    """Per task: planned, asked, valid, invalid, removed by each filter, kept, splits."""
+    """Per task: planned, asked, valid, invalid, removed by each filter, repaired (repeated
+    items dropped, record kept), kept, splits."""
     per = stats.get("tasks", {})
     if not tasks:
         return []
     filters = list(dict.fromkeys(f for t in tasks for f in per[t].get("removed", {})))
     cols = ["planned", "teacher_calls", "cached", "retries", "errors", "valid", "invalid"]
     head = ["task", *[c.replace("_", " ") for c in cols]]
-    head += [f"removed: {f.replace('_', ' ')}" for f in filters] + ["kept", *SPLITS]
+    head += [f"removed: {f.replace('_', ' ')}" for f in filters] + ["repaired", "kept", *SPLITS]
     L = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
     for t in tasks:
         s = per[t]
         cells = [f"`{t}`", *[str(s.get(c, "-")) for c in cols]]
         cells += [str(s.get("removed", {}).get(f, 0)) for f in filters]
-        cells += [str(s.get("kept", "-")), *[str(s.get("splits", {}).get(x, 0)) for x in SPLITS]]
+        cells += [
+            str(s.get("repaired", 0)),
+            str(s.get("kept", "-")),
+            *[str(s.get("splits", {}).get(x, 0)) for x in SPLITS],
+        ]
         L.append("| " + " | ".join(cells) + " |")
     tot = stats.get("totals", {})
     if tot:
         cells = ["**total**", *[str(tot.get(c, "")) for c in cols]]
         cells += [str(tot.get("removed", {}).get(f, "")) for f in filters]
         records = stats.get("splits", {}).get("records", {})
-        cells += [str(tot.get("kept", "")), *[str(records.get(x, "")) for x in SPLITS]]
+        cells += [
+            str(tot.get("repaired", 0)),
+            str(tot.get("kept", "")),
+            *[str(records.get(x, "")) for x in SPLITS],
+        ]
         L.append("| " + " | ".join(cells) + " |")
     L.append("")
     reasons = [
