@@ -26,6 +26,13 @@ documents, every teacher call and retry, filtering and writing included; loading
 and a short warm-up of each teacher excluded). ``valid_rate`` = valid answers / teacher calls
 of the structured tasks (retries counted as calls), engine run. ``--json PATH`` writes
 ``{"engine_records_per_s", "baseline_records_per_s", "ratio", "identical", "valid_rate", ...}``.
+
+``prefill_s`` is every baseline call's prompt run through the model once, one at a time: a
+prompt's forward pass is compute-bound already at one row, so batching gains only on decoding,
+and ``baseline_s / prefill_s`` bounds the ratio of any engine that does not reuse one
+request's prompt cache for another (Amdahl). Measured at the quick size it is 9% of the
+baseline (a bound of 11x), so prefill is not what holds the engine under 5x there: with 18
+first requests the batch is never full, and it empties while the longest answers finish.
 """
 
 from __future__ import annotations
@@ -86,6 +93,7 @@ class Timed:
     def __init__(self, inner: Any) -> None:
         self.inner, self.name = inner, inner.name
         self.phases: list[dict[str, Any]] = []
+        self.requests: list[Any] = []  # every request sent (rounds only)
         if hasattr(inner, "generate_chains"):  # keep the engine's chaining visible
             self.generate_chains = self._chains
 
@@ -103,6 +111,7 @@ class Timed:
         self.phases[-1]["s"] = round(time.perf_counter() - t0, 2)
 
     def generate(self, requests: Any, **kw: Any) -> Any:
+        self.requests.extend(requests)
         t0 = time.perf_counter()
         out = self.inner.generate(requests, **kw)
         desc = kw.get("desc", "generate")
@@ -114,8 +123,27 @@ class Timed:
         self.inner.close()
 
 
-def run(synth: Any, teacher: Any, tokenizer: Any, label: str) -> tuple[Any, float, list]:
-    """One generation into a fresh temporary folder: the output, its wall time, its phases."""
+def prefill_floor(model: Any, tokenizer: Any, requests: list[Any]) -> float:
+    """Seconds to run every request's prompt through the model once, one at a time: the
+    work neither teacher can batch away (a prompt's forward pass is already compute-bound at
+    one row; only decoding gains from rows sharing a step), so ``baseline_s / this`` bounds
+    the ratio any batching engine can reach without reusing a prompt's cache across requests."""
+    import torch
+
+    from specialize.models.chat import render_prompt
+
+    total = 0.0
+    with torch.inference_mode():
+        for req in requests:
+            ids = torch.tensor([render_prompt(req.messages, tokenizer, "chatml")])
+            t0 = time.perf_counter()
+            model(input_ids=ids, logits_to_keep=1)
+            total += time.perf_counter() - t0
+    return total
+
+
+def run(synth: Any, teacher: Any, tokenizer: Any, label: str) -> tuple[Any, float, Timed]:
+    """One generation into a fresh temporary folder: the output, its wall time, its calls."""
     from specialize.data.synth import generate_dataset
 
     timed = Timed(teacher)
@@ -125,7 +153,7 @@ def run(synth: Any, teacher: Any, tokenizer: Any, label: str) -> tuple[Any, floa
         out = generate_dataset(
             synth, ROOT, timed, Path(tmp), teacher_name=TEACHER, tokenizer=tokenizer
         )
-        return out, time.perf_counter() - t0, timed.phases
+        return out, time.perf_counter() - t0, timed
 
 
 def differences(engine: Any, base: Any) -> list[str]:
@@ -219,9 +247,11 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     warm_up([engine, naive])
-    eng_out, eng_s, eng_phases = run(synth, engine, tokenizer, "engine")
-    base_out, base_s, base_phases = run(synth, naive, tokenizer, "baseline")
+    eng_out, eng_s, eng_timed = run(synth, engine, tokenizer, "engine")
+    base_out, base_s, base_timed = run(synth, naive, tokenizer, "baseline")
     engine.close()
+    eng_phases, base_phases = eng_timed.phases, base_timed.phases
+    prefill_s = prefill_floor(model, tokenizer, base_timed.requests)
 
     diffs = differences(eng_out, base_out)
     valid, calls = valid_rate(eng_out)
@@ -244,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
             name: {k: row.get(k) for k in COUNTS} for name, row in eng_out.stats["tasks"].items()
         },
         "phases": {"engine": eng_phases, "baseline": base_phases},
+        # the prompts' forward passes, one at a time: batching cannot remove this work
+        "prefill_s": prefill_s,
+        "prefill_share_of_baseline": prefill_s / base_s if base_s else None,
+        "max_ratio_without_prompt_cache_reuse": base_s / prefill_s if prefill_s else None,
         "differences": diffs,
         "settings": {
             "teacher": TEACHER,
@@ -286,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
             r = f"{b['s'] / e['s']:.2f}x" if e["s"] else "-"
             rows.append((e["phase"], str(e["requests"]), f"{e['s']:.1f}", f"{b['s']:.1f}", r))
         print("\n" + table(rows))
+    print(
+        f"\nprompt prefill alone (one at a time, every baseline call): {prefill_s:.1f} s = "
+        f"{prefill_s / base_s:.0%} of the baseline; batching decode cannot beat "
+        f"{base_s / prefill_s:.2f}x without reusing prompt caches across requests"
+    )
     ratio = result["ratio"]
     rate = result["valid_rate"]
     print(
