@@ -18,6 +18,7 @@ crash of llama.cpp (run in a child process) ends with one line and exit code 3.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -197,6 +198,109 @@ def cmd_config_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from specialize.serve.app import run_server
+    from specialize.serve.registry import open_runs
+    from specialize.serve.settings import ServeSettings
+
+    settings = ServeSettings(
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key or os.environ.get("SPECIALIZE_API_KEY") or None,
+        max_tokens=args.max_tokens,
+        max_pending=args.max_pending,
+        timeout_s=args.timeout,
+        batch_size=args.batch_size,
+        max_context=args.max_context,
+    )
+    settings.check()  # an unsafe bind is refused before any model loads
+    reg = open_runs(
+        [Path(r) for r in args.runs],
+        batch_size=settings.batch_size,
+        gguf=not args.no_gguf,
+        max_context=settings.max_context,
+    )
+    log = logging.getLogger("specialize")
+    log.info("serving %s on http://%s:%d/v1", ", ".join(reg.variants), args.host, args.port)
+    run_server(reg, settings)
+    return 0
+
+
+def cmd_task(args: argparse.Namespace) -> int:
+    from specialize.client import Tasks
+    from specialize.serve.task_api import as_json
+
+    raw = args.input
+    if raw.startswith("@"):
+        try:
+            raw = Path(raw[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise SpecializeError(
+                f"cannot read --input: {err}", path=Path(args.input[1:])
+            ) from None
+    if not args.run.startswith(("http://", "https://")):
+        from specialize.serve.registry import read_run
+
+        catalog = read_run(Path(args.run)).catalog  # bad names and inputs before any model loads
+        if catalog is None:
+            raise SpecializeError("the run has no task catalog (tasks.json)", path=Path(args.run))
+        _task_inputs(catalog, args.name, raw)
+    with Tasks(args.run, model=args.model, max_tokens=args.max_tokens) as tasks:
+        inputs = _task_inputs(tasks.catalog, args.name, raw)
+        value = tasks.call(args.name, **inputs)
+    print(json.dumps(as_json(value), ensure_ascii=False, indent=2))
+    return 0
+
+
+def _task_inputs(catalog: Any, name: str, raw: str) -> dict[str, Any]:
+    """``--input`` as the task's inputs: a JSON object, or the text of a one-input task."""
+    from specialize.serve.task_api import NEEDS, TaskInputs
+
+    if name not in catalog:
+        raise SpecializeError(f"no task '{name}' (tasks: {', '.join(catalog.names)})", field="name")
+    need = NEEDS[catalog[name].input_kind]
+    if raw.lstrip().startswith("{"):
+        try:
+            inputs = json.loads(raw)
+        except ValueError as err:
+            raise SpecializeError(f"--input is not JSON: {err}", field="input") from None
+    elif len(need) == 1:
+        inputs = {need[0]: raw}  # a single-input task takes the text as is
+    else:
+        raise SpecializeError(
+            f"task {name} needs {' and '.join(need)}: give --input as a JSON object", field="input"
+        )
+    if not isinstance(inputs, dict):
+        raise SpecializeError("--input must be a JSON object", field="input")
+    try:
+        TaskInputs.model_validate(inputs)
+    except ValueError as err:
+        raise SpecializeError(f"--input: {err.errors()[0]['msg']}", field="input") from None
+    return inputs
+
+
+def _serve_parsers(sub: Any) -> None:
+    sp = sub.add_parser("serve", help="OpenAI-compatible server over run directories")
+    sp.add_argument("runs", nargs="+", help="run directories (their adapters and GGUF files)")
+    sp.add_argument("--host", default="127.0.0.1", help="bind address (others need a key)")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--api-key", help="required bearer token (or SPECIALIZE_API_KEY)")
+    sp.add_argument("--max-tokens", type=int, default=1024, help="largest max_tokens accepted")
+    sp.add_argument("--max-pending", type=int, default=64, help="queue bound (then 429)")
+    sp.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    sp.add_argument("--batch-size", type=int, default=16, help="rows decoded together")
+    sp.add_argument("--max-context", type=int, help="prompt + max_tokens bound")
+    sp.add_argument("--no-gguf", action="store_true", help="serve only the HF variants")
+    sp.set_defaults(fn=cmd_serve)
+    tp = sub.add_parser("task", help="call a task of a run's catalog (typed answer as JSON)")
+    tp.add_argument("run", help="run directory, or the URL of a specialize serve")
+    tp.add_argument("name", help="task name (bullets, qa_pairs, retrieval ...)")
+    tp.add_argument("--input", required=True, help="text, a JSON object of inputs, or @FILE")
+    tp.add_argument("--model", help="variant (default: the tuned model)")
+    tp.add_argument("--max-tokens", type=int, default=256)
+    tp.set_defaults(fn=cmd_task)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="specialize", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -287,6 +391,7 @@ def _data_parser(sub: Any) -> None:
     gp.add_argument("--out", help="output folder (default: OUTPUT_DIR/NAME.synth)")
     gp.add_argument("--no-progress", action="store_true", help="no progress bars")
     gp.set_defaults(fn=cmd_data_generate)
+    _serve_parsers(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

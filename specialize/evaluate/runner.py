@@ -20,6 +20,7 @@ comparisons, ablations, embeddings); ``report.md`` and the charts are rendered f
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -312,11 +313,12 @@ def _remote_backends(req: EvalRequest) -> tuple[Backend | None, Backend | None]:
     from specialize.infer.http import OpenAIBackend
 
     judge_backend = endpoint = None
+    key = os.environ.get("SPECIALIZE_API_KEY") or None  # a keyed `specialize serve`
     if req.judge_url:
-        judge_backend = OpenAIBackend(req.judge_url, req.judge_model or "judge")
+        judge_backend = OpenAIBackend(req.judge_url, req.judge_model or "judge", api_key=key)
         judge_backend.health_check()
     if req.endpoint:
-        endpoint = OpenAIBackend(req.endpoint, req.endpoint_model or "model")
+        endpoint = OpenAIBackend(req.endpoint, req.endpoint_model or "model", api_key=key)
         endpoint.health_check()
     return judge_backend, endpoint
 

@@ -25,7 +25,9 @@ Then = Callable[[int, Result], "Request | Result | None"]
 RETRY_TEMPERATURE = 0.7  # a retry samples: greedy decoding would repeat the invalid answer
 
 
-def _retry_request(req: Request, attempt: int) -> Request:
+def retry_request(req: Request, attempt: int) -> Request:
+    """Retry ``attempt`` (1, 2 ...) of ``req``: sampled, with a seed of its own, so the same
+    request retried anywhere (here, or by the server's task API) asks the same thing."""
     s = req.sampling
     seed = (s.seed if s.seed is not None else 0) + 7919 * attempt
     return replace(req, sampling=Sampling(max(s.temperature, RETRY_TEMPERATURE), s.top_p, seed))
@@ -128,7 +130,7 @@ def generate_checked(
         if res.error is None and res.invalid is not None and attempt[i] <= retries:
             counts.retries += 1
             attempt[i] += 1
-            return _retry_request(stage[i], attempt[i] - 1)
+            return retry_request(stage[i], attempt[i] - 1)
         end_stage(stage[i], res)
         nxt = then(i, res) if then is not None else None
         if isinstance(nxt, Request):
