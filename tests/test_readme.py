@@ -42,7 +42,10 @@ RUNS: dict[str, tuple[str, ...]] = {
     "GGUF for llama.cpp and Ollama #1": ("llama_cpp",),
 }
 # Block key -> why it is not run here (e.g. it needs a GPU or a service).
-SKIPPED: dict[str, str] = {}
+SKIPPED: dict[str, str] = {
+    "Serving a run #1": "talks to a running `specialize serve` of a synth-trained run; "
+    "tests/test_serve.py and tests/test_task_api.py make the same calls against a real server",
+}
 
 
 def python_blocks(text: str | None = None) -> dict[str, str]:

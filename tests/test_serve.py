@@ -209,23 +209,34 @@ def test_binding_beyond_loopback_needs_a_key():
     ServeSettings(host="0.0.0.0", api_key="k").check()
 
 
-def test_the_llm_judge_runs_against_our_own_server(server):
+def test_the_llm_judge_runs_against_our_own_server(tmp_path):
     """``specialize eval --judge URL`` pointed at a ``specialize serve``: every verdict is
-    asked under its schema (no fallback to json_object) and answered (no backend errors)."""
+    asked under its schema (no fallback to json_object) and answered (no backend errors).
+    The judge's rubric is longer than the usual tiny model's 512 positions: this one has 4096."""
+    from specialize.models.tiny import save_tiny
+
+    base = save_tiny(tmp_path / "long", max_position_embeddings=4096)
+    with serving([make_run(tmp_path / "judge", base, 6)], api_key=KEY, max_tokens=200) as (
+        url,
+        _,
+    ):
+        verdicts, summary = _judge(url)
+    assert summary["errors"] == 0 and summary["fallbacks"] == 0, verdicts
+    assert summary["parsed"] + summary["unparseable"] == 2 and len(verdicts) == 2
+
+
+def _judge(url: str):
     from specialize.evaluate.judge import judge
     from specialize.infer.http import OpenAIBackend
 
-    url, _ = server
-    backend = OpenAIBackend(url, "alpha", api_key=KEY)
+    backend = OpenAIBackend(url, "judge", api_key=KEY)
     backend.health_check()
     items = [
         {"question": "What is LEO?", "prediction": "Low Earth orbit.", "reference": "LEO."},
         {"question": "What is GEO?", "prediction": "A far orbit.", "reference": "Geostationary.",
          "context": "GEO is 35,786 km up."},
     ]  # fmt: skip
-    verdicts, summary = judge(backend, items, progress=False, max_new_tokens=150, retries=0)
-    assert summary["errors"] == 0 and summary["fallbacks"] == 0
-    assert summary["parsed"] + summary["unparseable"] == 2 and len(verdicts) == 2
+    return judge(backend, items, progress=False, max_new_tokens=150, retries=0)
 
 
 def test_a_gguf_variant_is_served_through_llama_cpp(tiny_llama, tmp_path):
