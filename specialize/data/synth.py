@@ -39,7 +39,12 @@ from specialize.data.filters import Deduper
 from specialize.data.read import Record
 from specialize.data.synth_plan import Plan, Planned, plan, split_documents
 from specialize.data.tasks import QUESTION, Catalog, Task, TaskInput, load_catalog
-from specialize.data.teacher_cache import TeacherCache, TeacherSettings, cache_key
+from specialize.data.teacher_cache import (
+    ReplayingTeacher,
+    TeacherCache,
+    TeacherSettings,
+    cache_key,
+)
 from specialize.errors import SpecializeError
 from specialize.infer.structured import generate_checked, reason_key
 from specialize.infer.types import Backend, Request, Result, Sampling, checked
@@ -169,7 +174,9 @@ class _Asker:
         synth: SynthConfig,
         progress: bool,
     ) -> None:
-        self.teacher, self.cache, self.settings = teacher, cache, settings
+        # every call cached as it arrives, so a rerun after a kill asks nothing twice
+        self.teacher: Backend = ReplayingTeacher(teacher, cache, settings)  # type: ignore[assignment]
+        self.cache, self.settings = cache, settings
         self.synth, self.progress = synth, progress
         self.calls: dict[str, dict[str, Any]] = {}
         self.fallbacks = 0

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from specialize.errors import SpecializeError
-from specialize.infer.types import Request, Result
+from specialize.infer.types import Request, Result, checked
 
 
 @dataclass(frozen=True)
@@ -131,3 +131,86 @@ class TeacherCache:
 
     def close(self) -> None:
         self._file.close()
+
+
+ATTEMPT = "attempt"  # the task-fingerprint slot of an attempt's key: every call, by its request
+
+
+class ReplayingTeacher:
+    """The teacher behind the cache, call by call: every answer it gives (a first attempt, a
+    retry, a second stage) is cached under its own request the moment it arrives, and a request
+    already answered is replayed from the cache instead of being asked again.
+
+    Why on top of the per-record cache: that one holds a record's *final* answer, so a run
+    killed while a record was being retried would ask its earlier attempts again on the rerun.
+    Retries are deterministic requests (seeded), so replaying them gives the rerun the same
+    chain, the same answers and the identical dataset without a call made twice."""
+
+    def __init__(self, teacher: Any, cache: TeacherCache, settings: TeacherSettings) -> None:
+        self.teacher, self.cache, self.settings = teacher, cache, settings
+        self.name = teacher.name
+        if hasattr(teacher, "generate_chains"):
+            self.generate_chains = self._chains
+
+    @property
+    def fallbacks(self) -> int:
+        return getattr(self.teacher, "fallbacks", 0)
+
+    def _key(self, req: Request) -> str:
+        return cache_key(self.settings, ATTEMPT, req)
+
+    def _replayed(self, req: Request) -> Result | None:
+        hit = self.cache.get(self._key(req))
+        return None if hit is None else checked(hit, req)
+
+    def generate(self, requests: Any, *, progress: bool = True, desc: str = "generate",
+                 on_result: Any = None) -> list[Result]:  # fmt: skip
+        out: list[Result | None] = [None] * len(requests)
+        todo = []
+        for i, req in enumerate(requests):
+            hit = self._replayed(req)
+            if hit is None:
+                todo.append(i)
+                continue
+            out[i] = hit
+            if on_result is not None:
+                on_result(i, hit)
+
+        def fin(k: int, res: Result) -> None:
+            i = todo[k]
+            self.cache.put(self._key(requests[i]), ATTEMPT, res)
+            out[i] = res
+            if on_result is not None:
+                on_result(i, res)
+
+        if todo:
+            self.teacher.generate(
+                [requests[i] for i in todo], progress=progress, desc=desc, on_result=fin
+            )
+        return [r for r in out if r is not None]
+
+    def _chains(self, requests: Any, step: Any, *, progress: bool = True,
+                desc: str = "generate") -> None:  # fmt: skip
+        sent: dict[int, Request] = {}
+
+        def through_cache(i: int, nxt: Request | None) -> Request | None:
+            while nxt is not None and (hit := self._replayed(nxt)) is not None:
+                nxt = step(i, hit)
+            if nxt is not None:
+                sent[i] = nxt
+            return nxt
+
+        live = [i for i, req in enumerate(requests) if through_cache(i, req) is not None]
+
+        def on_answer(k: int, res: Result) -> Request | None:
+            i = live[k]
+            self.cache.put(self._key(sent[i]), ATTEMPT, res)
+            return through_cache(i, step(i, res))
+
+        if live:
+            self.teacher.generate_chains(
+                [sent[i] for i in live], on_answer, progress=progress, desc=desc
+            )
+
+    def close(self) -> None:
+        self.teacher.close()

@@ -16,7 +16,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -265,10 +265,23 @@ class OpenAIBackend:
         bar = tqdm(
             total=len(requests), desc=desc, unit="rec", disable=not progress, dynamic_ncols=True
         )
+        # At most `concurrency` requests in flight, and the next one is sent only after a
+        # finished one's on_result returned: a caller that persists each answer there (the
+        # synthetic-data cache) never has more than `concurrency` answers unwritten at a kill.
+        waiting = iter(enumerate(requests))
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
-            futures = {pool.submit(self._one, r, dead): i for i, r in enumerate(requests)}
-            for fut in as_completed(futures):
-                i = futures[fut]
+            futures: dict[Any, int] = {}
+
+            def send_next() -> None:
+                nxt = next(waiting, None)
+                if nxt is not None:
+                    futures[pool.submit(self._one, nxt[1], dead)] = nxt[0]
+
+            for _ in range(min(self.concurrency, len(requests))):
+                send_next()
+            while futures:
+                fut = next(iter(wait(futures, return_when=FIRST_COMPLETED).done))
+                i = futures.pop(fut)
                 try:
                     res = checked(fut.result(), requests[i])
                 except _Failure as f:
@@ -279,6 +292,7 @@ class OpenAIBackend:
                 bar.update(1)
                 if on_result is not None:
                     on_result(i, res)
+                send_next()
         bar.close()
         if len(failures) == len(requests) and all(f.unreachable for f in failures):
             real = [f for f in failures if not f.message.startswith("skipped")]
