@@ -76,8 +76,8 @@ class Tasks:
     def _open_local(self, run: Path, model: str | None) -> None:
         from specialize.serve.registry import open_runs
 
-        self._registry = open_runs([run], gguf=model is not None and model.count(":") > 0,
-                                   max_context=None)  # fmt: skip
+        wants_gguf = model is not None and ":" in model and not model.endswith(":base")
+        self._registry = open_runs([run], gguf=wants_gguf, max_context=None)  # GGUF only if named
         name = model or next(v.id for v in self._registry.variants.values() if v.kind == "tuned")
         variant = self._registry.get(name)
         if variant is None:
