@@ -73,7 +73,7 @@ def test_gbnf_literals_escape_what_the_grammar_parser_reads():
 
 
 def test_cut_at_stop_takes_the_earliest():
-    from specialize.infer.llamacpp import cut_at_stop
+    from specialize.infer.types import cut_at_stop
 
     assert cut_at_stop("abcXdefY", ["Y", "X"]) == ("abc", True)
     assert cut_at_stop("abc", ["Z", ""]) == ("abc", False)
@@ -122,7 +122,7 @@ def test_results_in_order_with_tags_and_one_callback_each(backend):
     reqs = [Request(messages=c, max_new_tokens=4, tag=f"r{i}") for i, c in enumerate(CHATS)]
     out = backend.generate(reqs, progress=False, on_result=lambda i, r: seen.append((i, r)))
     assert [r.tag for r in out] == [f"r{i}" for i in range(len(CHATS))]
-    assert [i for i, _ in seen] == list(range(len(CHATS)))
+    assert sorted(i for i, _ in seen) == list(range(len(CHATS)))  # in the order they finish
     assert all(r is out[i] for i, r in seen)
     assert backend.generate([], progress=False) == []
 
@@ -262,3 +262,89 @@ def tiny(tiny_llama):
     from transformers import AutoTokenizer
 
     return None, AutoTokenizer.from_pretrained(tiny_llama)
+
+
+# ------------------------------------------------------------- llama.cpp's batching loop
+
+LONG = [
+    [{"role": "user", "content": f"Question {k}: " + "orbit " * (k * 7 % 23)}] for k in range(12)
+]
+
+
+@needs_llama_cpp
+def test_batched_greedy_answers_equal_one_at_a_time(f16):
+    """Twelve requests decoded together (prompts of different lengths, joining one running
+    batch) get the answers each gets alone: a row never sees another row's cache."""
+    from specialize.infer.llamacpp import LlamaCppBackend
+
+    reqs = [Request(messages=c, max_new_tokens=10 + k) for k, c in enumerate(LONG)]
+    with LlamaCppBackend(f16, n_ctx=256, slots=1) as alone:
+        want = alone.generate(reqs, progress=False)
+    with LlamaCppBackend(f16, n_ctx=256, slots=8, kv_cells=512) as together:
+        got = together.generate(reqs, progress=False)
+    assert [(r.text, r.new_tokens, r.finish_reason) for r in got] == [
+        (r.text, r.new_tokens, r.finish_reason) for r in want
+    ]
+    assert all(r.prompt_tokens and r.prompt_tokens > 5 for r in got)
+
+
+@needs_llama_cpp
+def test_requests_from_threads_join_the_running_batch(backend):
+    """The server's path: ``submit`` from many threads while a batch runs; streamed pieces
+    join to the final text, and a cancelled request ends with an error, not an answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    reqs = [Request(messages=c, max_new_tokens=12) for c in LONG[:8]]
+    want = [r.text for r in backend.generate(reqs, progress=False)]
+
+    def streamed(r: Request) -> tuple[str, str]:
+        t = backend.submit(r, stream=True)
+        pieces = "".join(t.stream())
+        return pieces, t.result(timeout=60).text
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(streamed, reqs))
+    assert [p for p, _ in got] == want and [t for _, t in got] == want
+    slow = backend.submit(Request(messages=LONG[3], max_new_tokens=400))
+    slow.cancel()
+    res = slow.result(timeout=60)
+    assert res.finish_reason == "error" and res.error == "cancelled"
+    assert backend.generate(reqs[:1], progress=False)[0].text == want[0]  # still serving
+
+
+@needs_llama_cpp
+def test_context_bounds_per_request(f16):
+    from specialize.infer.llamacpp import LlamaCppBackend
+
+    with LlamaCppBackend(f16, n_ctx=64) as b:
+        long, short = (
+            Request(messages=[{"role": "user", "content": "orbit " * 80}]),
+            Request(messages=CHATS[0], max_new_tokens=500),
+        )
+        too_long, capped = b.generate([long, short], progress=False)
+    assert too_long.finish_reason == "error" and "n_ctx 64" in (too_long.error or "")
+    assert capped.ok and capped.prompt_tokens + capped.new_tokens <= 64
+
+
+@needs_llama_cpp
+def test_child_killed_mid_batch_is_a_native_crash_and_keeps_finished_results(f16):
+    import os
+    import signal
+
+    from specialize.infer.llamacpp import LlamaCppBackend
+
+    b = LlamaCppBackend(f16, n_ctx=256, slots=1)
+    kept: list[int] = []
+
+    def kill_after_first(i: int, r: Result) -> None:
+        kept.append(i)
+        if len(kept) == 1:
+            os.kill(b.llm.pid, signal.SIGKILL)
+
+    reqs = [Request(messages=c, max_new_tokens=30) for c in LONG[:6]]
+    with pytest.raises(NativeCrash, match="SIGKILL"):
+        b.generate(reqs, progress=False, on_result=kill_after_first)
+    assert kept and len(kept) < len(reqs)
+    late = b.submit(reqs[0])
+    assert late.result(timeout=30).finish_reason == "error" and "SIGKILL" in late.final.error
+    b.close()

@@ -253,6 +253,10 @@ def test_a_gguf_variant_is_served_through_llama_cpp(tiny_llama, tmp_path):
         assert sorted(m.id for m in c.models.list()) == ["gamma", "gamma:base", "gamma:f16"]
         got = c.chat.completions.create(model="gamma:f16", messages=MSGS, max_tokens=12,
                                         temperature=0)  # fmt: skip
+        pieces = c.chat.completions.create(model="gamma:f16", messages=MSGS, max_tokens=12,
+                                           temperature=0, stream=True)  # fmt: skip
+        streamed = "".join(p.choices[0].delta.content or "" for p in pieces if p.choices)
     with LlamaCppBackend(gguf, 512) as local:
         want = local.generate([Request(messages=MSGS, max_new_tokens=12)], progress=False)[0]
-    assert got.choices[0].message.content == want.text
+    assert got.choices[0].message.content == want.text == streamed
+    assert got.usage.prompt_tokens == want.prompt_tokens > 0

@@ -39,77 +39,17 @@ else talks to it through the queue and the tickets.
 
 from __future__ import annotations
 
-import queue
 import random
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from specialize.infer.types import FinishReason, Request, Result, Sampling, first_stop
+from specialize.infer.types import FinishReason, Request, Result, Sampling, Ticket, first_stop
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
-
-
-class Ticket:
-    """One submitted request: streamed text pieces, then its :class:`Result`.
-
-    The engine thread calls :meth:`_piece` and :meth:`_finish`; any other thread reads with
-    :meth:`stream` or :meth:`result`. ``cancel`` asks the engine to drop the row at its next
-    step (a client that went away should not keep a batch slot)."""
-
-    def __init__(self, request: Request, prompt: list[int], index: int, stream: bool) -> None:
-        self.request, self.prompt, self.index = request, prompt, index
-        self.streaming = stream
-        self.cancelled = False
-        self._done = threading.Event()
-        self._result: Result | None = None
-        self._pieces: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        self.callback: Callable[[Ticket], None] | None = None
-        self.callback_error: BaseException | None = None  # re-raised by whoever waits
-
-    def _piece(self, text: str) -> None:
-        if text:
-            self._pieces.put(text)
-
-    def _finish(self, result: Result) -> None:
-        self._result = result
-        if self.callback is not None:  # before done: a waiter then sees the callback's work
-            try:
-                self.callback(self)
-            except BaseException as err:  # noqa: BLE001 - the engine thread must live on
-                self.callback_error = err
-        self._pieces.put(None)
-        self._done.set()
-
-    def stream(self) -> Iterator[str]:
-        """Text pieces as they are decided; joined, they equal the final ``Result.text``."""
-        while True:
-            piece = self._pieces.get()
-            if piece is None:
-                return
-            yield piece
-
-    @property
-    def final(self) -> Result:
-        """The result, for the ticket's own ``callback`` (which runs before waiters wake)."""
-        assert self._result is not None
-        return self._result
-
-    def result(self, timeout: float | None = None) -> Result:
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"no answer within {timeout:g}s")
-        assert self._result is not None
-        return self._result
-
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def cancel(self) -> None:
-        self.cancelled = True
 
 
 @dataclass

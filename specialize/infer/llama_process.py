@@ -166,6 +166,7 @@ class LlamaProcess:
         if not self.path.is_file():
             raise SpecializeError("GGUF file not found", path=self.path)
         self._eog: frozenset[int] | None = None
+        self._batching = False
         self._stderr = tempfile.TemporaryFile()
         self._start()
         self.info: dict[str, Any] = self._call(
@@ -191,6 +192,8 @@ class LlamaProcess:
         proc = self._proc
         if proc is None:
             raise SpecializeError("llama.cpp process already closed", path=self.path)
+        if self._batching:
+            raise RuntimeError(f"the llama.cpp child is a batching loop now; cannot {op}")
         try:
             _send(proc.stdin, (op, args, kw))  # type: ignore[arg-type]
             status, value = _recv(proc.stdout)  # type: ignore[arg-type]
@@ -201,6 +204,22 @@ class LlamaProcess:
         if status == "user":  # a SpecializeError-style problem with the file
             raise SpecializeError(value, path=self.path)
         raise RuntimeError(f"llama.cpp child failed in {op}: {value}")
+
+    def start_batching(self, slots: int, cells: int) -> tuple[BinaryIO, BinaryIO]:
+        """Turn the child into a continuous-batching loop for the rest of its life
+        (:mod:`specialize.infer.llama_batch`); returns its (input, output) pipes, which the
+        caller then owns. ``slots`` sequences at most decode together, sharing ``cells`` KV
+        cells. No other operation can be called afterwards."""
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.stdout is None:
+            raise SpecializeError("llama.cpp process already closed", path=self.path)
+        _send(proc.stdin, ("batch_loop", (), {"slots": int(slots), "cells": int(cells)}))
+        self._batching = True
+        return proc.stdin, proc.stdout
+
+    def crashed(self) -> NativeCrash:
+        """The error for a child that died (waits for it; call once its pipe has closed)."""
+        return self._crashed()
 
     def _crashed(self) -> NativeCrash:
         proc = self._proc
@@ -336,6 +355,7 @@ class _OneShot(LlamaProcess):
         self.purpose = purpose
         self._proc = None
         self._eog = None
+        self._batching = False
         self._stderr = tempfile.TemporaryFile()
         self._start()
         self.info = {}
@@ -354,6 +374,10 @@ class _Child:
         self.lc = llama_cpp
         self.llm: Any = None
         self._grammars_ok: set[str] = set()
+        self.UserError = _UserError  # raised by the batching loop for one request
+        self.n_ctx = 0
+        self.kv_f32 = False
+        self.threads = 1
 
     def op_open(self, path: str, *, n_ctx: int, logits_all: bool, n_threads: int | None,
                 kv_f32: bool, purpose: str) -> dict[str, Any]:  # fmt: skip
@@ -363,6 +387,7 @@ class _Child:
         if kv_f32:
             kw.update(type_k=lc.GGML_TYPE_F32, type_v=lc.GGML_TYPE_F32)
         threads = n_threads or cpu_threads()
+        self.n_ctx, self.kv_f32, self.threads = n_ctx, kv_f32, threads
         try:
             self.llm = lc.Llama(
                 model_path=path, n_ctx=n_ctx, logits_all=logits_all, n_threads=threads,
@@ -415,7 +440,9 @@ class _Child:
             llm.eval([token])
         return out, False
 
-    def op_render_template(self, messages: list[dict[str, Any]]) -> str:
+    def chat_format(self, messages: list[dict[str, Any]]) -> Any:
+        """``messages`` through the GGUF's own chat template, as llama-cpp-python's
+        ``create_chat_completion`` renders them (a ``ChatFormatterResponse``)."""
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         template = self.llm.metadata.get("tokenizer.chat_template")
@@ -427,7 +454,10 @@ class _Child:
             bos_token=self.op_token_text(self.llm.token_bos()),
             add_generation_prompt=True,
         )
-        return fmt(messages=messages).prompt
+        return fmt(messages=messages)
+
+    def op_render_template(self, messages: list[dict[str, Any]]) -> str:
+        return self.chat_format(messages).prompt
 
     def op_forced_stop(self, prompt: list[int], marker: int, banned: list[int], k: int) -> Any:
         import numpy as np
@@ -465,13 +495,22 @@ class _Child:
         return self.llm.create_completion(prompt=prompt, grammar=built, **kw)
 
     def _grammar(self, spec: Grammar | None) -> Any:
-        """A ``LlamaGrammar`` for ``spec``, proven parseable by llama.cpp first: llama-cpp-python
+        """A ``LlamaGrammar`` for ``spec`` (see :meth:`grammar_text`)."""
+        text = self.grammar_text(spec)
+        if text is None:
+            return None
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        return LlamaGrammar.from_string(text)
+
+    def grammar_text(self, spec: Grammar | None) -> str | None:
+        """The GBNF text for ``spec``, proven parseable by llama.cpp first: llama-cpp-python
         hands the text to ``llama_sampler_init_grammar`` unchecked and adds whatever comes back
         to the sampler chain, so a grammar it cannot parse (NULL) would crash the child, and a
         JSON schema its converter rejects would silently become "any JSON"."""
         if spec is None:
             return None
-        from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
 
         kind, arg = spec
         if kind == "json_schema":
@@ -497,7 +536,7 @@ class _Child:
                 raise _UserError(f"llama.cpp cannot parse the {kind} grammar (GBNF)")
             self.lc.llama_sampler_free(sampler)
             self._grammars_ok.add(text)
-        return LlamaGrammar.from_string(text)
+        return text
 
     def op_timed_generate(self, prompt: list[int], n: int) -> float:
         import time
@@ -556,6 +595,15 @@ def _serve() -> None:
         if msg is None:
             return
         op, args, kw = msg
+        if op == "batch_loop":  # the rest of this child's life: see llama_batch
+            from specialize.infer.llama_batch import serve_batches
+
+            def send(obj: Any) -> None:
+                _send(proto_out, obj)
+
+            serve_batches(child, proto_in, send, n_ctx=child.n_ctx, kv_f32=child.kv_f32,
+                          threads=child.threads, **kw)  # fmt: skip
+            return
         try:
             result = ("ok", getattr(child, f"op_{op}")(*args, **kw))
         except _UserError as err:

@@ -25,23 +25,27 @@ process, so a crash in its native kernels raises
   Every result passes through :func:`~specialize.infer.types.checked`, so ``value`` holds the
   validated object or ``invalid`` says why not.
 
-Requests are answered one at a time, in order (llama.cpp in the child uses every core for
-one sequence); ``on_result(i, result)`` runs as each finishes.
+Requests are answered together: the child runs llama.cpp's multi-sequence batching
+(:mod:`specialize.infer.llama_batch`), and a request joins the running batch at the next
+step whether it came in one ``generate`` call or from another thread through ``submit`` (the
+server's path, as for the HF engine). ``on_result(i, result)`` runs on the caller's thread
+as each finishes, in the order they finish.
 """
 
 from __future__ import annotations
 
+import queue
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from specialize.errors import SpecializeError
-from specialize.infer.llama_process import Grammar, LlamaProcess, NativeCrash
-from specialize.infer.types import OnResult, Request, Result, checked, cut_at_stop
+from specialize.infer.llama_process import Grammar, LlamaProcess, NativeCrash, _recv, _send
+from specialize.infer.types import OnResult, Request, Result, Ticket, checked
 
 REGEX_UNSUPPORTED = (
     "regex constraints need the HF or HTTP backend "
@@ -64,13 +68,112 @@ def grammar_for(request: Request) -> Grammar | None:
     raise SpecializeError(f"unknown constraint kind '{c.kind}'")
 
 
+class _GgufTicket(Ticket):
+    """A request in the child's batching loop; ``cancel`` tells the loop to drop it."""
+
+    def __init__(self, request: Request, stream: bool, loop: _BatchLoop | None) -> None:
+        super().__init__(request, [], 0, stream)
+        self.sid = -1
+        self.crashed = False
+        self._loop = loop
+
+    def cancel(self) -> None:
+        if not self.cancelled and not self.done() and self._loop is not None:
+            self.cancelled = True
+            self._loop.cancel(self.sid)
+
+
+class _BatchLoop:
+    """The parent's side of the child's batching loop: sends requests, and a reader thread
+    hands pieces and results to their tickets. When the child dies, every open ticket gets an
+    error result and ``crash`` holds the :class:`NativeCrash`."""
+
+    def __init__(self, llm: LlamaProcess, slots: int, cells: int) -> None:
+        self.llm = llm
+        self._to, self._from = llm.start_batching(slots, cells)
+        self._write = threading.Lock()
+        self._tickets: dict[int, _GgufTicket] = {}
+        self._next = 0
+        self._closing = False
+        self.crash: NativeCrash | None = None
+        self._reader = threading.Thread(target=self._read, name="llama-batches", daemon=True)
+        self._reader.start()
+
+    def submit(self, request: Request, job: dict[str, Any], stream: bool,
+               callback: Callable[[Ticket], None] | None = None) -> _GgufTicket:  # fmt: skip
+        ticket = _GgufTicket(request, stream, self)
+        ticket.callback = callback
+        with self._write:
+            if self.crash is None and not self._closing:
+                ticket.sid, self._next = self._next, self._next + 1
+                self._tickets[ticket.sid] = ticket
+                try:
+                    _send(self._to, ("add", ticket.sid, job))
+                    return ticket
+                except (OSError, ValueError):  # the child is gone; the reader says why
+                    self._tickets.pop(ticket.sid, None)
+        self._reader.join(timeout=30)
+        why = str(self.crash) if self.crash else "the llama.cpp backend is closed"
+        ticket.crashed = self.crash is not None
+        ticket._finish(Result("", 0, "error", error=why, tag=request.tag))  # noqa: SLF001
+        return ticket
+
+    def cancel(self, sid: int) -> None:
+        with self._write:
+            if sid in self._tickets:
+                try:
+                    _send(self._to, ("cancel", sid))
+                except (OSError, ValueError):
+                    pass
+
+    def _read(self) -> None:
+        while True:
+            try:
+                kind, sid, body = _recv(self._from)
+            except (EOFError, OSError, ValueError):
+                break
+            if kind == "piece":
+                ticket = self._tickets.get(sid)
+                if ticket is not None:
+                    ticket._piece(body)  # noqa: SLF001 - the loop is the ticket's writer
+                continue
+            with self._write:
+                ticket = self._tickets.pop(sid, None)
+            if ticket is not None:
+                ticket._finish(Result(  # noqa: SLF001
+                    text=body["text"], new_tokens=int(body["new_tokens"]),
+                    finish_reason=body["finish_reason"], error=body["error"],
+                    tag=ticket.request.tag, prompt_tokens=int(body["prompt_tokens"]),
+                ))  # fmt: skip
+        if not self._closing:
+            self.crash = self.llm.crashed()
+        with self._write:
+            left, self._tickets = list(self._tickets.values()), {}
+        why = str(self.crash) if self.crash else "the llama.cpp backend was closed"
+        for ticket in left:
+            ticket.crashed = self.crash is not None
+            ticket._finish(Result("", 0, "error", error=why, tag=ticket.request.tag))  # noqa: SLF001
+
+    def close(self) -> None:
+        """End the loop (the child then exits); open tickets get an error result."""
+        self._closing = True
+        with self._write:
+            try:
+                _send(self._to, None)
+            except (OSError, ValueError):
+                pass
+        self._reader.join(timeout=30)
+
+
 class LlamaCppBackend:
     """One GGUF file in a llama.cpp child process, answering requests.
 
-    ``n_ctx`` bounds prompt plus answer; ``n_threads`` defaults to every core this process may
-    use; ``kv_f32`` keeps the attention cache in F32. ``purpose`` names what the file is used
-    for in the error if the child dies ("evaluating", "judging"...). Close it (or use it as a
-    context manager) to end the child.
+    ``n_ctx`` bounds prompt plus answer of one request; ``slots`` requests at most decode
+    together, sharing ``kv_cells`` KV cells (default: four contexts' worth; a request waits
+    while the cells it could need are taken). ``n_threads`` defaults to every core this
+    process may use; ``kv_f32`` keeps the attention cache in F32. ``purpose`` names what the
+    file is used for in the error if the child dies ("evaluating", "judging"...). Close it
+    (or use it as a context manager) to end the child.
     """
 
     def __init__(
@@ -81,11 +184,16 @@ class LlamaCppBackend:
         n_threads: int | None = None,
         kv_f32: bool = False,
         purpose: str = "evaluating",
+        slots: int = 32,
+        kv_cells: int | None = None,
     ) -> None:
         self.path = Path(gguf_path)
         self.name = f"gguf:{self.path.name}"
         self.n_ctx = n_ctx
+        self.slots = max(1, slots)
+        self.kv_cells = max(n_ctx, kv_cells or 4 * n_ctx)
         self._lock = threading.Lock()
+        self._loop: _BatchLoop | None = None
         self.llm: LlamaProcess | None = LlamaProcess(
             self.path, n_ctx, n_threads=n_threads, kv_f32=kv_f32, purpose=purpose
         )
@@ -93,7 +201,11 @@ class LlamaCppBackend:
     # ----------------------------------------------------------------------- lifecycle
     def close(self) -> None:
         """End the llama.cpp child (harmless if it is already gone)."""
-        llm, self.llm = self.llm, None
+        with self._lock:
+            loop, self._loop = self._loop, None
+            llm, self.llm = self.llm, None
+        if loop is not None:
+            loop.close()
         if llm is not None:
             llm.close()
 
@@ -104,6 +216,12 @@ class LlamaCppBackend:
         self.close()
 
     # ------------------------------------------------------------------------ generate
+    def submit(self, request: Request, stream: bool = False) -> Ticket:
+        """Queue one request into the running batch; its ticket streams pieces (when
+        ``stream``) and then holds the result (not yet :func:`checked`)."""
+        job = self._job(request, self._check(request), stream)
+        return self._batches().submit(request, job, stream)
+
     def generate(
         self,
         requests: Sequence[Request],
@@ -118,18 +236,37 @@ class LlamaCppBackend:
         ``n_ctx``) is a result with ``finish_reason == "error"``; a regex constraint or an
         adapter name is a :class:`SpecializeError` before anything runs, and a crash of the
         child is :class:`NativeCrash` (the results passed to ``on_result`` are kept)."""
-        grammars = [self._check(r) for r in requests]
-        out: list[Result] = []
+        jobs = [self._job(r, self._check(r), False) for r in requests]
+        if not requests:
+            return []
+        loop = self._batches()
+        finished: queue.SimpleQueue[int] = queue.SimpleQueue()
+        tickets = [
+            loop.submit(r, job, False, callback=lambda _t, i=i: finished.put(i))
+            for i, (r, job) in enumerate(zip(requests, jobs, strict=True))
+        ]
+        out: list[Result | None] = [None] * len(requests)
         with tqdm(
             total=len(requests), desc=desc, unit="rec", disable=not progress, dynamic_ncols=True
         ) as bar:
-            for i, (request, grammar) in enumerate(zip(requests, grammars, strict=True)):
-                result = checked(self._answer(request, grammar), request)
-                out.append(result)
+            for _ in requests:
+                i = finished.get()
+                ticket = tickets[i]
+                if ticket.crashed:  # type: ignore[attr-defined]
+                    raise loop.crash or SpecializeError("llama.cpp child gone", path=self.path)
+                out[i] = result = checked(ticket.final, requests[i])
                 if on_result is not None:
                     on_result(i, result)
                 bar.update(1)
-        return out
+        return [r for r in out if r is not None]
+
+    def _batches(self) -> _BatchLoop:
+        with self._lock:
+            if self.llm is None:
+                raise SpecializeError("the llama.cpp backend is closed", path=self.path)
+            if self._loop is None:
+                self._loop = _BatchLoop(self.llm, self.slots, self.kv_cells)
+            return self._loop
 
     def _check(self, request: Request) -> Grammar | None:
         if self.llm is None:
@@ -142,49 +279,21 @@ class LlamaCppBackend:
             )
         return grammar_for(request)
 
-    def _answer(self, request: Request, grammar: Grammar | None) -> Result:
+    @staticmethod
+    def _job(request: Request, grammar: Grammar | None, stream: bool) -> dict[str, Any]:
+        """What the batching loop needs of a request (plain data: it crosses the pipe)."""
         s = request.sampling
-        kw: dict[str, Any] = {
+        job: dict[str, Any] = {
             "max_tokens": int(request.max_new_tokens),
             "stop": list(request.stop),
-            "repeat_penalty": 1.0,
             "grammar": grammar,
+            "stream": stream,
         }
-        if s.greedy:
-            kw["temperature"] = 0.0
+        if request.messages is not None:
+            job["messages"] = [dict(m) for m in request.messages]
         else:
+            job["prompt"] = [int(t) for t in request.prompt_ids or []]
+        if not s.greedy:
             seed = s.seed if s.seed is not None else random.randrange(2**31)
-            kw.update(
-                temperature=float(s.temperature),
-                top_p=float(s.top_p),
-                top_k=0,
-                min_p=0.0,
-                seed=int(seed) % 0xFFFFFFFF,  # uint32; 0xFFFFFFFF itself means "random"
-            )
-        llm = self.llm
-        if llm is None:
-            raise SpecializeError("the llama.cpp backend is closed", path=self.path)
-        try:
-            with self._lock:
-                if request.messages is not None:
-                    res = llm.chat(list(request.messages), **kw)
-                else:
-                    res = llm.complete(list(request.prompt_ids or []), **kw)
-        except NativeCrash:
-            raise
-        except (SpecializeError, RuntimeError) as err:
-            why = err.message if isinstance(err, SpecializeError) else str(err)
-            return Result("", 0, "error", error=" ".join(why.split()), tag=request.tag)
-        choice = res["choices"][0]
-        if "message" in choice:
-            text = (choice.get("message") or {}).get("content") or ""
-        else:
-            text = choice.get("text") or ""
-        text, cut = cut_at_stop(text, request.stop)
-        stopped = cut or choice.get("finish_reason") == "stop"
-        return Result(
-            text=text,
-            new_tokens=int((res.get("usage") or {}).get("completion_tokens", 0)),
-            finish_reason="stop" if stopped else "length",
-            tag=request.tag,
-        )
+            job.update(temperature=float(s.temperature), top_p=float(s.top_p), seed=int(seed))
+        return job

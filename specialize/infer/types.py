@@ -17,7 +17,9 @@ pydantic validation of every request would cost more than it catches. The constr
 from __future__ import annotations
 
 import json
+import queue
 import re
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypedDict, runtime_checkable
@@ -226,6 +228,7 @@ class Result:
     invalid: str | None = None
     attempts: int = 1
     tag: str | None = None
+    prompt_tokens: int | None = None  # as the backend counted them, where it says
 
     @property
     def ok(self) -> bool:
@@ -235,6 +238,66 @@ class Result:
     @property
     def stopped(self) -> bool:
         return self.finish_reason == "stop"
+
+
+class Ticket:
+    """One submitted request: streamed text pieces, then its :class:`Result`.
+
+    Backends that batch requests as they arrive (the HF engine, llama.cpp's batching loop)
+    hand one back from ``submit``. The backend's worker thread calls :meth:`_piece` and
+    :meth:`_finish`; any other thread reads with :meth:`stream` or :meth:`result`. ``cancel``
+    asks the backend to drop the row at its next step (a client that went away should not keep
+    a batch slot)."""
+
+    def __init__(self, request: Request, prompt: list[int], index: int, stream: bool) -> None:
+        self.request, self.prompt, self.index = request, prompt, index
+        self.streaming = stream
+        self.cancelled = False
+        self._done = threading.Event()
+        self._result: Result | None = None
+        self._pieces: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self.callback: Callable[[Ticket], None] | None = None
+        self.callback_error: BaseException | None = None  # re-raised by whoever waits
+
+    def _piece(self, text: str) -> None:
+        if text:
+            self._pieces.put(text)
+
+    def _finish(self, result: Result) -> None:
+        self._result = result
+        if self.callback is not None:  # before done: a waiter then sees the callback's work
+            try:
+                self.callback(self)
+            except BaseException as err:  # noqa: BLE001 - the engine thread must live on
+                self.callback_error = err
+        self._pieces.put(None)
+        self._done.set()
+
+    def stream(self) -> Iterator[str]:
+        """Text pieces as they are decided; joined, they equal the final ``Result.text``."""
+        while True:
+            piece = self._pieces.get()
+            if piece is None:
+                return
+            yield piece
+
+    @property
+    def final(self) -> Result:
+        """The result, for the ticket's own ``callback`` (which runs before waiters wake)."""
+        assert self._result is not None
+        return self._result
+
+    def result(self, timeout: float | None = None) -> Result:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"no answer within {timeout:g}s")
+        assert self._result is not None
+        return self._result
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 OnResult = Callable[[int, Result], None]

@@ -374,6 +374,9 @@ async def chat_completions(state: _State, request: HttpRequest) -> Response:
         state.release()
         state.metrics.latency.labels(v.id, "chat").observe(time.monotonic() - started)
     state.metrics.completion_tokens.labels(v.id).inc(res.new_tokens)
+    if not prompt_tokens and res.prompt_tokens:  # a GGUF variant counts them in llama.cpp
+        prompt_tokens = res.prompt_tokens
+        state.metrics.prompt_tokens.labels(v.id).inc(prompt_tokens)
     return JSONResponse(completion(v.id, res, prompt_tokens))
 
 
