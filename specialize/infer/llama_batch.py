@@ -13,6 +13,13 @@ their own ``seq_id``, one unified KV cache) driven from Python:
   to ``n_batch`` tokens per ``llama_decode``;
 - a sequence is admitted only while the KV cells it could need (prompt + its token budget)
   are free, so a step never runs out of cache;
+- the last prompt read stays in the cache under a sequence of its own, and a new prompt that
+  starts the same way (the system prompt and chat header every request of a server shares)
+  copies those cells instead of computing them again (``llama_memory_seq_cp``: in a unified
+  cache the cells are shared, not duplicated). A prompt that would share much more with a
+  prompt still being read waits one step for it. On a 2-core CPU with short answers, reading
+  prompts is most of a server's work, and llama-cpp-python's own server reuses the previous
+  prompt's prefix the same way;
 - each sequence has its own sampling (greedy, or temperature/top-p from its own seeded
   generator: an answer depends on its request, not on its batch mates), its own stop
   strings and budget, and its own grammar (llama.cpp's grammar sampler). The grammar is
@@ -41,6 +48,8 @@ import numpy as np
 
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 STEP_TOKENS = 512  # tokens per llama_decode call (prompt chunks + one per running sequence)
+MIN_PREFIX = 4  # shorter shared prefixes are computed again rather than copied
+WAIT_GAIN = 16  # a prompt waits a step for a prefix this much longer than the cached one
 
 Send = Callable[[Any], None]
 
@@ -81,7 +90,7 @@ class Batcher:
         params = lc.llama_context_default_params()
         params.n_ctx = self.cells
         params.n_batch = params.n_ubatch = STEP_TOKENS
-        params.n_seq_max = slots
+        params.n_seq_max = slots + 1  # the last one holds the cached prompt prefix
         params.kv_unified = True
         params.n_threads = params.n_threads_batch = threads
         if kv_f32:
@@ -94,6 +103,8 @@ class Batcher:
         self.vocab = lc.llama_model_get_vocab(llm.model)
         self.n_vocab = llm.n_vocab()
         self.llm = llm
+        self.cache_seq = slots
+        self.cached: list[int] = []  # tokens held at positions 0.. of ``cache_seq``
 
     # ------------------------------------------------------------------ requests
     def _new(self, sid: int, job: dict[str, Any]) -> _Seq:
@@ -155,9 +166,15 @@ class Batcher:
                     if msg is None:
                         return
                     reserved -= self._handle(msg, running, waiting, free)
-                while waiting and free and reserved + waiting[0].cells <= self.cells:
-                    seq = waiting.popleft()
-                    seq.slot, seq.todo = free.pop(), list(seq.prompt)
+                while waiting and free and not self._worth_waiting(waiting[0], running):
+                    seq = waiting[0]
+                    if reserved + len(self.cached) + seq.cells > self.cells:
+                        if running:
+                            break
+                        self._set_cache(None)  # the cached prefix must not block a request
+                    waiting.popleft()
+                    seq.slot = free.pop()
+                    self._reuse_prefix(seq)
                     reserved += seq.cells
                     running.append(seq)
                 if running:
@@ -170,6 +187,33 @@ class Batcher:
                 self._finish(seq, "error", "the llama.cpp child is shutting down")
             self.lc.llama_batch_free(self.batch)
             self.lc.llama_free(self.ctx)
+
+    # ------------------------------------------------------------------ prefix cache
+    def _reuse_prefix(self, seq: _Seq) -> None:
+        """Start ``seq`` from the cached prefix it shares (always reading one prompt token:
+        the first answer token needs its logits)."""
+        n = min(_common(seq.prompt, self.cached), len(seq.prompt) - 1)
+        if n >= MIN_PREFIX:
+            self.lc.llama_memory_seq_cp(self.mem, self.cache_seq, seq.slot, 0, n)
+        else:
+            n = 0
+        seq.pos, seq.todo = n, seq.prompt[n:]
+
+    def _worth_waiting(self, seq: _Seq, running: list[_Seq]) -> bool:
+        have = _common(seq.prompt, self.cached)
+        return any(
+            p.pos < len(p.prompt) and _common(seq.prompt, p.prompt) >= have + WAIT_GAIN
+            for p in running
+        )
+
+    def _set_cache(self, seq: _Seq | None) -> None:
+        """Cache ``seq``'s prompt (all but its last token), or nothing."""
+        self.lc.llama_memory_seq_rm(self.mem, self.cache_seq, -1, -1)
+        self.cached = []
+        if seq is not None and len(seq.prompt) > MIN_PREFIX:
+            n = len(seq.prompt) - 1
+            self.lc.llama_memory_seq_cp(self.mem, seq.slot, self.cache_seq, 0, n)
+            self.cached = seq.prompt[:n]
 
     @staticmethod
     def _messages(inbox: queue.Queue[Any], block: bool) -> list[Any]:
@@ -228,6 +272,9 @@ class Batcher:
             return list(running)
         done = []
         for seq, i in fed:
+            read = not seq.out and seq.pos == len(seq.prompt)  # its prompt is all in now
+            if read and _common(seq.prompt, self.cached) < len(seq.prompt) - 1:
+                self._set_cache(seq)
             if self._advance(seq, i):
                 done.append(seq)
         return done
@@ -305,6 +352,16 @@ class Batcher:
         arr["logit"], arr["p"] = logits, 0.0
         self._apply(grammar, arr)
         return arr["logit"].copy()
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix of two token lists."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:
