@@ -348,3 +348,21 @@ def test_child_killed_mid_batch_is_a_native_crash_and_keeps_finished_results(f16
     late = b.submit(reqs[0])
     assert late.result(timeout=30).finish_reason == "error" and "SIGKILL" in late.final.error
     b.close()
+
+
+@needs_llama_cpp
+def test_a_restarting_backend_serves_again_after_a_crash(f16):
+    """The server's GGUF variants restart their child: the request in flight gets an error,
+    the next one an answer."""
+    import os
+    import signal
+
+    from specialize.infer.llamacpp import LlamaCppBackend
+
+    with LlamaCppBackend(f16, n_ctx=256, restart=True) as b:
+        want = b.submit(Request(messages=CHATS[0], max_new_tokens=6)).result(timeout=60)
+        slow = b.submit(Request(messages=CHATS[1], max_new_tokens=200))
+        os.kill(b.llm.pid, signal.SIGKILL)
+        assert slow.result(timeout=60).finish_reason == "error"
+        again = b.submit(Request(messages=CHATS[0], max_new_tokens=6)).result(timeout=60)
+        assert again.ok and again.text == want.text and b.restarts == 1

@@ -172,8 +172,11 @@ class LlamaCppBackend:
     together, sharing ``kv_cells`` KV cells (default: four contexts' worth; a request waits
     while the cells it could need are taken). ``n_threads`` defaults to every core this
     process may use; ``kv_f32`` keeps the attention cache in F32. ``purpose`` names what the
-    file is used for in the error if the child dies ("evaluating", "judging"...). Close it
-    (or use it as a context manager) to end the child.
+    file is used for in the error if the child dies ("evaluating", "judging"...). With
+    ``restart``, the request after a crash starts a fresh child (a server keeps serving the
+    file; the requests in flight when it died get an error); without it, every later request
+    is that error and ``generate`` raises :class:`NativeCrash` (a run stops, resumable). Close
+    it (or use it as a context manager) to end the child.
     """
 
     def __init__(
@@ -186,6 +189,7 @@ class LlamaCppBackend:
         purpose: str = "evaluating",
         slots: int = 32,
         kv_cells: int | None = None,
+        restart: bool = False,
     ) -> None:
         self.path = Path(gguf_path)
         self.name = f"gguf:{self.path.name}"
@@ -194,9 +198,12 @@ class LlamaCppBackend:
         self.kv_cells = max(n_ctx, kv_cells or 4 * n_ctx)
         self._lock = threading.Lock()
         self._loop: _BatchLoop | None = None
-        self.llm: LlamaProcess | None = LlamaProcess(
+        self.restart = restart
+        self.restarts = 0
+        self._open = lambda: LlamaProcess(
             self.path, n_ctx, n_threads=n_threads, kv_f32=kv_f32, purpose=purpose
         )
+        self.llm: LlamaProcess | None = self._open()
 
     # ----------------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -264,6 +271,9 @@ class LlamaCppBackend:
         with self._lock:
             if self.llm is None:
                 raise SpecializeError("the llama.cpp backend is closed", path=self.path)
+            if self._loop is not None and self._loop.crash is not None and self.restart:
+                self.llm, self._loop = self._open(), None
+                self.restarts += 1
             if self._loop is None:
                 self._loop = _BatchLoop(self.llm, self.slots, self.kv_cells)
             return self._loop

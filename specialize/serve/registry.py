@@ -180,7 +180,7 @@ def _open_gguf(
     from specialize.infer.llamacpp import LlamaCppBackend
 
     n_ctx = max_context or 4096
-    backend = LlamaCppBackend(path, n_ctx, purpose="serving")
+    backend = LlamaCppBackend(path, n_ctx, purpose="serving", restart=True)
     reg._backends.append(backend)
     reg.add(
         Variant(f"{run.name}:{quant}", run.name, "gguf", backend, None, n_ctx, None, run.catalog)
