@@ -15,6 +15,7 @@ GGUF file and each quantized evaluation.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from contextlib import nullcontext
@@ -272,12 +273,13 @@ def train(ctx: _Run, model: Any) -> Any:
     else:
         with ctx.timer.stage("train"):
             peft_model, history = _fit(ctx, model)
+    final = history["validation"][-1]["loss"] if history["validation"] else float("nan")
     log.info(
-        "trained %d steps in %.1f s (%.0f tokens/s); final validation loss %.4f",
+        "trained %d steps in %.1f s (%.0f tokens/s); %s",
         history["steps"],
         history["wall_s"],
         history["tokens_per_s"],
-        history["validation"][-1]["loss"],
+        "no validation split" if math.isnan(final) else f"final validation loss {final:.4f}",
     )
     return peft_model
 

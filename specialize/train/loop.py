@@ -373,7 +373,8 @@ def _validate_in_fit(state: TrainState) -> bool:
     """Validate, record it, and say whether early stopping ends training here."""
     vl = validate(state)
     state.history["validation"].append({"step": state.step, "loss": vl})
-    log.info("step %d validation loss %.4f", state.step, vl)
+    if state.val_batches:  # an empty split is said once, at the end, not at every check
+        log.info("step %d validation loss %.4f", state.step, vl)
     state.loss_module.train()
     if not _after_validation(state, vl):
         return False
