@@ -298,3 +298,19 @@ def test_then_chains_a_stage_or_ends_with_a_known_answer(model, chatml_tok):
     assert out[1] is known  # ended with the known answer, no call made for it
     assert [i for i, _ in stages].count(0) == 2  # request 0: its first stage, then its second
     assert all(r.ok for r in out) and counts.requests == 3 and counts.valid == 3
+
+
+def test_prefill_groups_bound_the_padding():
+    """Admitted prompts are prefilled in groups of similar length (sorted; a group's longest
+    at most PREFILL_SLACK x its shortest), every ticket exactly once."""
+    from specialize.infer.engine import PREFILL_SLACK, _by_length
+    from specialize.infer.types import Request, Ticket
+
+    lengths = [450, 200, 210, 30, 440, 240, 31, 600, 205]
+    tickets = [Ticket(Request(prompt_ids=[1] * n), [1] * n, 0, False) for n in lengths]
+    groups = _by_length(tickets)
+    assert sorted(id(t) for g in groups for t in g) == sorted(id(t) for t in tickets)
+    flat = [len(t.prompt) for g in groups for t in g]
+    assert flat == sorted(lengths)
+    assert all(len(g[-1].prompt) <= PREFILL_SLACK * len(g[0].prompt) for g in groups)
+    assert [len(g) for g in groups] == [2, 4, 2, 1]
