@@ -366,3 +366,21 @@ def test_a_restarting_backend_serves_again_after_a_crash(f16):
         assert slow.result(timeout=60).finish_reason == "error"
         again = b.submit(Request(messages=CHATS[0], max_new_tokens=6)).result(timeout=60)
         assert again.ok and again.text == want.text and b.restarts == 1
+
+
+@needs_llama_cpp
+def test_a_prompt_longer_than_one_step_is_read_in_chunks(f16):
+    """A prompt over STEP_TOKENS is read across several llama_decode calls while short
+    requests decode beside it; every answer equals its one-at-a-time answer."""
+    from specialize.infer.llama_batch import STEP_TOKENS
+    from specialize.infer.llamacpp import LlamaCppBackend
+
+    words = " ".join(f"orbit{k % 50}" for k in range(STEP_TOKENS // 2 + 100))
+    reqs = [Request(messages=[{"role": "user", "content": words}], max_new_tokens=8)]
+    reqs += [Request(messages=c, max_new_tokens=8) for c in LONG[:4]]
+    with LlamaCppBackend(f16, n_ctx=2048, slots=1) as alone:
+        want = alone.generate(reqs, progress=False)
+    with LlamaCppBackend(f16, n_ctx=2048, slots=8) as together:
+        got = together.generate(reqs, progress=False)
+    assert got[0].prompt_tokens > STEP_TOKENS
+    assert [(r.text, r.new_tokens) for r in got] == [(r.text, r.new_tokens) for r in want]
