@@ -205,15 +205,21 @@ class LlamaProcess:
             raise SpecializeError(value, path=self.path)
         raise RuntimeError(f"llama.cpp child failed in {op}: {value}")
 
-    def start_batching(self, slots: int, cells: int) -> tuple[BinaryIO, BinaryIO]:
+    def start_batching(
+        self, slots: int, cells: int, n_ctx: int | None = None
+    ) -> tuple[BinaryIO, BinaryIO]:
         """Turn the child into a continuous-batching loop for the rest of its life
         (:mod:`specialize.infer.llama_batch`); returns its (input, output) pipes, which the
         caller then owns. ``slots`` sequences at most decode together, sharing ``cells`` KV
-        cells. No other operation can be called afterwards."""
+        cells, each at most ``n_ctx`` tokens (default: the context the file was opened with).
+        No other operation can be called afterwards."""
         proc = self._proc
         if proc is None or proc.stdin is None or proc.stdout is None:
             raise SpecializeError("llama.cpp process already closed", path=self.path)
-        _send(proc.stdin, ("batch_loop", (), {"slots": int(slots), "cells": int(cells)}))
+        kw = {"slots": int(slots), "cells": int(cells)}
+        if n_ctx is not None:
+            kw["n_ctx"] = int(n_ctx)
+        _send(proc.stdin, ("batch_loop", (), kw))
         self._batching = True
         return proc.stdin, proc.stdout
 
@@ -601,8 +607,8 @@ def _serve() -> None:
             def send(obj: Any) -> None:
                 _send(proto_out, obj)
 
-            serve_batches(child, proto_in, send, n_ctx=child.n_ctx, kv_f32=child.kv_f32,
-                          threads=child.threads, **kw)  # fmt: skip
+            kw.setdefault("n_ctx", child.n_ctx)
+            serve_batches(child, proto_in, send, kv_f32=child.kv_f32, threads=child.threads, **kw)
             return
         try:
             result = ("ok", getattr(child, f"op_{op}")(*args, **kw))

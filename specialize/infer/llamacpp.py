@@ -47,6 +47,7 @@ from specialize.errors import SpecializeError
 from specialize.infer.llama_process import Grammar, LlamaProcess, NativeCrash, _recv, _send
 from specialize.infer.types import OnResult, Request, Result, Ticket, checked
 
+OWN_CONTEXT = 64  # tokens of the child's unused default context (see LlamaCppBackend)
 REGEX_UNSUPPORTED = (
     "regex constraints need the HF or HTTP backend "
     "(llama-cpp-python has no regex-to-grammar converter)"
@@ -88,9 +89,9 @@ class _BatchLoop:
     hands pieces and results to their tickets. When the child dies, every open ticket gets an
     error result and ``crash`` holds the :class:`NativeCrash`."""
 
-    def __init__(self, llm: LlamaProcess, slots: int, cells: int) -> None:
+    def __init__(self, llm: LlamaProcess, slots: int, cells: int, n_ctx: int) -> None:
         self.llm = llm
-        self._to, self._from = llm.start_batching(slots, cells)
+        self._to, self._from = llm.start_batching(slots, cells, n_ctx)
         self._write = threading.Lock()
         self._tickets: dict[int, _GgufTicket] = {}
         self._next = 0
@@ -200,8 +201,10 @@ class LlamaCppBackend:
         self._loop: _BatchLoop | None = None
         self.restart = restart
         self.restarts = 0
+        # The child's own context is never decoded on (the batching loop makes its own of
+        # kv_cells), so it is opened small instead of holding n_ctx unused KV cells.
         self._open = lambda: LlamaProcess(
-            self.path, n_ctx, n_threads=n_threads, kv_f32=kv_f32, purpose=purpose
+            self.path, OWN_CONTEXT, n_threads=n_threads, kv_f32=kv_f32, purpose=purpose
         )
         self.llm: LlamaProcess | None = self._open()
 
@@ -275,7 +278,7 @@ class LlamaCppBackend:
                 self.llm, self._loop = self._open(), None
                 self.restarts += 1
             if self._loop is None:
-                self._loop = _BatchLoop(self.llm, self.slots, self.kv_cells)
+                self._loop = _BatchLoop(self.llm, self.slots, self.kv_cells, self.n_ctx)
             return self._loop
 
     def _check(self, request: Request) -> Grammar | None:
