@@ -255,6 +255,20 @@ class RowState:
         if not m.consume_token(int(token_id)):
             self._error = "constraint rejected a token: " + _one_line(m.get_error() or "")
 
+    def forced(self) -> list[int]:
+        """Tokens the grammar forces next (``": "`` after a key), as the library tokenizes
+        them: a draft for speculative decoding, checked by the model like any other."""
+        if self._error is not None or self._matcher.is_stopped():
+            return []
+        return [int(t) for t in self._matcher.compute_ff_tokens()]
+
+    def allowed_prefix(self, tokens: list[int]) -> int:
+        """How many leading ``tokens`` the grammar accepts in a row, without moving on: a
+        draft is cut there, since the mask would reject its next token anyway."""
+        if self._error is not None or not tokens:
+            return 0
+        return int(self._matcher.validate_tokens([int(t) for t in tokens]))
+
     @property
     def finished(self) -> bool:
         """The grammar is complete and nothing more may follow (or a stop id was consumed)."""
