@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specialize.data.batches import IGNORE
+from specialize.train import segment_attention
 
 
 def _backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -32,6 +33,8 @@ class MaskedCausalLMLoss(nn.Module):
         super().__init__()
         self.model = model
         self.chunk_rows = chunk_rows
+        # packed rows attend per example instead of through a block-diagonal mask
+        self.segmented = segment_attention.enable(model)
 
     def forward(
         self,
@@ -44,7 +47,12 @@ class MaskedCausalLMLoss(nn.Module):
         if position_ids is not None:
             # Packed rows: restarting positions define the segments; transformers builds the
             # block-diagonal causal mask from them when no 2D attention mask is given.
-            out = backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=None)
+            extra = {}
+            if self.segmented:
+                extra["segments"] = segment_attention.segments_of(position_ids, attention_mask)
+            out = backbone(
+                input_ids=input_ids, position_ids=position_ids, attention_mask=None, **extra
+            )
         else:
             out = backbone(input_ids=input_ids, attention_mask=attention_mask)
         hidden = out.last_hidden_state
