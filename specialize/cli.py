@@ -115,7 +115,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from specialize.export.export_run import export_run
 
     types = tuple(t.strip().lower() for t in args.types.split(",") if t.strip())
-    report = export_run(Path(args.run_dir), types, checks=not args.no_checks)
+    report = export_run(
+        Path(args.run_dir), types, checks=not args.no_checks, imatrix_tokens=args.imatrix_tokens
+    )
     print(yaml.safe_dump(report.get("files", {}), sort_keys=False).strip())
     return 0
 
@@ -353,7 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_eval)
     sp = sub.add_parser("export", help="GGUF (F16 + quantized) from a run, with checks")
     sp.add_argument("run_dir")
-    sp.add_argument("--types", default="q8_0,q4_k_m", help="quantized types (q8_0,q5_k_m,q4_k_m)")
+    sp.add_argument(
+        "--types", default="q8_0,q4_k_m", help="quantized types (q8_0,q6_k,q5_k_m,q4_k_m)"
+    )
+    sp.add_argument(
+        "--imatrix-tokens",
+        type=int,
+        default=32768,
+        help="training tokens for the K-quants' importance matrix (0: none)",
+    )
     sp.add_argument("--no-checks", action="store_true", help="skip the round-trip checks")
     sp.set_defaults(fn=cmd_export)
     sp = sub.add_parser("card", help="rewrite MODEL_CARD.md from a run directory")

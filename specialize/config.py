@@ -614,9 +614,16 @@ class ExportConfig(Section):
         "model). auto: when both hold, else the run says why at its start; true: required, "
         "an error before training if not possible; false: never.",
     )
-    gguf_types: list[Literal["q8_0", "q5_k_m", "q4_k_m"]] = Field(
+    gguf_types: list[Literal["q8_0", "q6_k", "q5_k_m", "q4_k_m"]] = Field(
         default_factory=lambda: ["q8_0", "q4_k_m"],
         description="llama.cpp quantization types written beside the F16 GGUF.",
+    )
+    imatrix_tokens: int = Field(
+        32768,
+        ge=0,
+        description="Tokens of the run's training split (rendered as trained) whose "
+        "activations weight the K-quants' rounding (an importance matrix, written to "
+        "gguf/imatrix.dat in llama.cpp's format); 0: quantize without one.",
     )
     gguf_eval: bool = Field(
         True,

@@ -29,7 +29,9 @@ def run_dir(tiny_llama, tmp_path_factory):
 def test_run_exports_checks_times_and_evaluates_each_gguf(run_dir):
     """`specialize run` itself (export.gguf auto, llama.cpp installed) does the edge export."""
     names = sorted(p.name for p in (run_dir / "gguf").iterdir())
-    assert names == ["tiny-f16.gguf", "tiny-q4_k_m.gguf", "tiny-q8_0.gguf"]
+    assert names == ["imatrix.dat", "tiny-f16.gguf", "tiny-q4_k_m.gguf", "tiny-q8_0.gguf"]
+    files = json.loads((run_dir / "export" / "gguf_files.json").read_text())
+    assert files["q4_k_m"]["imatrix"] and not files["q8_0"]["imatrix"]  # K-quants only
     checks = json.loads((run_dir / "export" / "gguf_checks.json").read_text())["checks"]
     assert checks["template"]["passed"] and checks["f16"]["passed"]
     speed = json.loads((run_dir / "export" / "speed.json").read_text())["artifacts"]
@@ -49,14 +51,17 @@ def test_run_exports_checks_times_and_evaluates_each_gguf(run_dir):
     assert "Δ gguf-q4_k_m − tuned" in head
     assert "| GGUF Q4_K_M (llama.cpp) | `gguf/tiny-q4_k_m.gguf` |" in card
     assert "ollama create tiny" in card
+    assert "Q4_K_M rounded with an importance matrix" in card
     timings = json.loads((run_dir / "timings.json").read_text())
     assert "gguf" in timings["stages_s"]
 
 
 def test_export_writes_gguf_checks_and_sizes(run_dir):
-    assert main(["export", str(run_dir), "--types", "q8_0,q4_k_m"]) == 0
-    names = sorted(p.name for p in (run_dir / "gguf").iterdir())
+    assert main(["export", str(run_dir), "--types", "q8_0,q4_k_m", "--imatrix-tokens", "0"]) == 0
+    names = sorted(p.name for p in (run_dir / "gguf").glob("*.gguf"))
     assert names == ["tiny-f16.gguf", "tiny-q4_k_m.gguf", "tiny-q8_0.gguf"]
+    files = json.loads((run_dir / "export" / "gguf_files.json").read_text())
+    assert not files["q4_k_m"]["imatrix"]
     checks = json.loads((run_dir / "export" / "gguf_checks.json").read_text())["checks"]
     assert checks["template"]["passed"]
     assert checks["f16"]["passed"] and checks["f16"]["logits"]["top1_agreement"] >= 0.99

@@ -125,7 +125,7 @@ def export_edge(
     ex = cfg.export
     report = export_run(
         run, tuple(ex.gguf_types), checks=True, n_check=ex.check_prompts, name=cfg.name,
-        reuse=reuse,
+        reuse=reuse, imatrix_tokens=ex.imatrix_tokens,
     )  # fmt: skip
     paths = {t: str(run / "gguf" / name) for t, name in report["files"].items()}
 

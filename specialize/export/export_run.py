@@ -68,6 +68,46 @@ def _merged(run: Path, meta: dict[str, Any]) -> Path:
     return merged
 
 
+def _imatrix(
+    run: Path, merged: Path, meta: dict[str, Any], tokens: int, reuse: bool
+) -> dict[str, Any]:
+    """The importance matrix of ``gguf/imatrix.dat``: reused when resuming, else computed
+    from the first ``tokens`` tokens of ``data/train.jsonl`` through the merged model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from specialize.export.gguf import imatrix as im
+    from specialize.models.chat import render_conversation
+
+    path = run / "gguf" / "imatrix.dat"
+    if reuse and path.is_file():
+        return im.read_imatrix(path)
+    split = run / "data" / "train.jsonl"
+    records = read_jsonl(split) if split.is_file() else []
+    if not records:
+        raise SpecializeError(
+            "the run saved no training records to compute an importance matrix from "
+            "(set export.imatrix_tokens: 0 to quantize without one)",
+            path=run,
+        )
+    tok = AutoTokenizer.from_pretrained(merged)
+    fmt = meta.get("chat_format", "chatml")
+    rows, total = [], 0
+    for r in records:
+        if total >= tokens:
+            break
+        if "messages" in r:
+            ids = render_conversation(r["messages"], tok, fmt).input_ids
+        else:
+            ids = tok(r["text"], add_special_tokens=False)["input_ids"]
+        rows.append(ids)
+        total += len(ids)
+    log.info("GGUF: importance matrix from %d training tokens", min(total, tokens))
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype="float32").eval()
+    result = im.compute_imatrix(model, rows, max_tokens=tokens, dataset=str(split.name))
+    im.write_imatrix(result, path)
+    return result.values
+
+
 def export_run(
     run: Path,
     types: tuple[str, ...] = DEFAULT_TYPES,
@@ -75,11 +115,13 @@ def export_run(
     n_check: int = 4,
     name: str | None = None,
     reuse: bool = False,
+    imatrix_tokens: int = 0,
 ) -> dict[str, Any]:
     """Write ``RUN/gguf/<name>-<type>.gguf`` (``name`` defaults to the run folder's) and the
     check and size reports; returns the report. ``reuse`` keeps GGUF files an interrupted
     export finished (each is renamed into place only when complete, and its facts are in
-    ``export/gguf_files.json``)."""
+    ``export/gguf_files.json``). ``imatrix_tokens`` > 0: the K-quants are weighted by an
+    importance matrix from that many training tokens (``gguf/imatrix.dat``)."""
     from specialize.export import gguf as g
 
     if not (run / "adapter" / "adapter_config.json").is_file():
@@ -93,6 +135,11 @@ def export_run(
     done = read_json(facts) if reuse and facts.is_file() else {}
     files: dict[str, dict[str, Any]] = {}
     f16 = out / f"{name}-f16.gguf"
+    imatrix = None
+    if imatrix_tokens and any("_k" in t for t in types):
+        imatrix = _imatrix(run, merged, meta, imatrix_tokens, reuse)
+    else:  # a matrix of an earlier export would suggest these files used it
+        (out / "imatrix.dat").unlink(missing_ok=True)
     for t in ("f16", *types):
         path = out / f"{name}-{t}.gguf"
         if t in done and path.is_file() and path.stat().st_size == done[t]["bytes"]:
@@ -105,7 +152,7 @@ def export_run(
             files[t]["bits_per_weight"] = files[t]["bytes"] * 8 / max(1, files[t]["params"])
         else:
             log.info("GGUF: quantizing to %s", t.upper())
-            files[t] = g.quantize(f16, path, t)
+            files[t] = g.quantize(f16, path, t, imatrix=imatrix if "_k" in t else None)
         write_json(facts, files)  # after each file: what a resumed export may keep
     base_files = Path(str(meta.get("base_files", "")))
     sizes: dict[str, Any] = {}

@@ -338,10 +338,18 @@ class LlamaProcess:
         return self._call("timed_generate", [int(t) for t in prompt], int(n))
 
 
-def quantize_in_child(src: str | Path, out: str | Path, ftype: str, nthread: int | None) -> int:
-    """``llama_model_quantize(src -> out)`` in a child process; returns llama.cpp's code."""
+def quantize_in_child(
+    src: str | Path,
+    out: str | Path,
+    ftype: str,
+    nthread: int | None,
+    imatrix: dict[str, Any] | None = None,
+) -> int:
+    """``llama_model_quantize(src -> out)`` in a child process; returns llama.cpp's code.
+    ``imatrix``: GGUF tensor name -> float32 array of mean squared activations per input
+    column (:mod:`specialize.export.gguf.imatrix`), weighting the K-quants' rounding."""
     with _OneShot(src, "quantizing") as child:
-        return child._call("quantize", str(src), str(out), ftype, nthread)
+        return child._call("quantize", str(src), str(out), ftype, nthread, imatrix)
 
 
 def system_info_in_child() -> str:
@@ -558,14 +566,29 @@ class _Child:
                 break
         return time.perf_counter() - t0
 
-    def op_quantize(self, src: str, out: str, ftype: str, nthread: int | None) -> int:
+    def op_quantize(
+        self, src: str, out: str, ftype: str, nthread: int | None, imatrix: dict | None = None
+    ) -> int:
         import ctypes
+
+        import numpy as np
 
         _maybe_crash("quantizing", out)
         params = self.lc.llama_model_quantize_default_params()
         params.ftype = getattr(self.lc, ftype)
         if nthread:
             params.nthread = int(nthread)
+        keep = []  # the arrays must outlive the call
+        if imatrix:
+            entry = self.lc.llama_model_imatrix_data
+            table = (entry * (len(imatrix) + 1))()  # a {NULL} entry ends the list
+            for i, (name, values) in enumerate(sorted(imatrix.items())):
+                arr = np.ascontiguousarray(values, dtype=np.float32)
+                keep += [arr, name.encode()]
+                table[i].name = keep[-1]
+                table[i].data = arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+                table[i].size = arr.size
+            params.imatrix = table
         return int(self.lc.llama_model_quantize(src.encode(), out.encode(), ctypes.byref(params)))
 
     def op_system_info(self) -> str:

@@ -446,6 +446,15 @@ def edge_section(run: Path, name: str) -> list[str]:
     if not sizes:
         return []
     L = _edge_table(sizes, speed, name)
+    files = _load(run, "export/gguf_files.json") or {}
+    weighted = [t.upper() for t, f in files.items() if isinstance(f, dict) and f.get("imatrix")]
+    if weighted:
+        L += [
+            "",
+            f"{', '.join(weighted)} rounded with an importance matrix of the run's own training "
+            "data (`gguf/imatrix.dat`, llama.cpp's format: the mean squared activation of "
+            "each input column), so the columns the tuned model uses keep their precision.",
+        ]
     if checks:
         L += _edge_checks(checks)
     if sizes.get("gguf"):

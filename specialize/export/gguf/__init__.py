@@ -5,7 +5,7 @@ One module per job:
 * :mod:`.convert`: the architecture tables, tensor plan and tokenizer metadata, and
   :func:`convert_to_gguf` (F32/F16/BF16, our own converter on the ``gguf`` library's writer);
   :func:`gguf_summary` reads a file's tensor types back.
-* :mod:`.quantize`: :func:`quantize` to Q8_0/Q5_K_M/Q4_K_M with llama.cpp's own quantizer.
+* :mod:`.quantize`: :func:`quantize` to Q8_0/Q6_K/Q5_K_M/Q4_K_M with llama.cpp's own quantizer.
 * :mod:`.checks`: the round trips through llama.cpp (:func:`check_template`,
   :func:`check_logits`, :func:`check_answers` against :func:`hf_greedy_answers`).
 

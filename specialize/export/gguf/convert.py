@@ -673,7 +673,7 @@ def convert_to_gguf(
     if out_type not in OUT_TYPES:
         raise SpecializeError(
             f"GGUF output type '{out_type}' is not supported (supported: {', '.join(OUT_TYPES)}; "
-            "use quantize() for Q8_0/Q5_K_M/Q4_K_M)"
+            "use quantize() for Q8_0/Q6_K/Q5_K_M/Q4_K_M)"
         )
     config = _read_config(model_dir)
     arch_name, spec = arch_spec(config)

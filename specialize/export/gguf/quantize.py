@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from specialize.errors import SpecializeError
 from specialize.export.gguf.convert import gguf_summary
 from specialize.infer.llama_process import quantize_in_child, require_llama_cpp
@@ -19,13 +21,18 @@ from specialize.io import atomic_path
 
 QUANT_TYPES: dict[str, str] = {
     "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K",
     "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
     "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
 }
 
 
 def quantize(
-    src_gguf: str | Path, out_path: str | Path, qtype: str, nthread: int | None = None
+    src_gguf: str | Path,
+    out_path: str | Path,
+    qtype: str,
+    nthread: int | None = None,
+    imatrix: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Quantize an F32/F16/BF16 GGUF with llama.cpp's quantizer (``llama_model_quantize``).
 
@@ -35,6 +42,8 @@ def quantize(
     what the file costs per parameter on disk, slightly above the nominal rate of the type
     (Q4_K_M nominal ~4.8). ``tensor_types`` counts tensors per storage type: rows that are not
     a multiple of 256 cannot be K-quantized and llama.cpp falls back to another type.
+    ``imatrix`` (:mod:`specialize.export.gguf.imatrix`) weights the rounding of the K-quants
+    by the columns' activations; ``"imatrix": True`` is then in the result.
     """
     src, out = Path(src_gguf), Path(out_path)
     key = qtype.upper()
@@ -47,7 +56,7 @@ def quantize(
     require_llama_cpp()
     try:
         with atomic_path(out) as tmp:
-            rc = quantize_in_child(src, tmp, QUANT_TYPES[key], nthread)
+            rc = quantize_in_child(src, tmp, QUANT_TYPES[key], nthread, imatrix)
             if rc != 0:
                 raise SpecializeError(
                     f"llama.cpp quantization to {key} failed (code {rc})", path=src
@@ -62,4 +71,5 @@ def quantize(
         "bytes": size,
         "bits_per_weight": size * 8 / max(1, info["elements"]),
         "tensor_types": info["tensor_types"],
+        "imatrix": bool(imatrix),
     }
