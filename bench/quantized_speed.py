@@ -40,9 +40,32 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(ROOT))
 
 
+def quantized_files(run: Path, name: str, types: list[str], out: Path) -> dict[str, Any]:
+    """Every type quantized from the run's F16 file, without and (K-quants) with the run's
+    importance matrix (``gguf/imatrix.dat``, computed from its training split if missing):
+    label -> ``specialize.export.gguf.quantize`` facts."""
+    from specialize.export.export_run import _imatrix
+    from specialize.export.gguf import quantize
+    from specialize.io import read_json
+
+    meta_path = run / "adapter" / "specialize.json"
+    meta = read_json(meta_path) if meta_path.is_file() else {}
+    imatrix = _imatrix(run, run / "merged", meta, 32768, reuse=True)
+    f16 = run / "gguf" / f"{name}-f16.gguf"
+    files = {}
+    for t in types:
+        for weighted in (False, True) if "_k" in t else (False,):
+            label = f"{t}+imatrix" if weighted else t
+            path = out / f"{name}-{label.replace('+', '-')}.gguf"
+            print(f"  quantizing {label}", flush=True)
+            files[label] = quantize(f16, path, t, imatrix=imatrix if weighted else None)
+    return files
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", type=Path, default=ROOT / "runs" / "space-qa")
+    ap.add_argument("--types", default="q8_0,q6_k,q5_k_m,q4_k_m", help="quantized types")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompts", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
@@ -51,99 +74,156 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
+    import tempfile
+
     import torch
     import yaml
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from specialize.evaluate.compare import compare_variants
-    from specialize.evaluate.stage import EvalSettings, Variant, evaluate
     from specialize.export.speed import gguf_tokens_per_s, hf_tokens_per_s
     from specialize.infer.llama_process import cpu_threads
-    from specialize.infer.llamacpp import LlamaCppBackend
     from specialize.io import read_jsonl
     from specialize.models.chat import render_prompt
-    from specialize.runinfo import hardware, installed_stack
 
     run = args.run.resolve()
     cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     name, fmt = cfg["name"], cfg["chat"]["format"]
-    ggufs = {t: run / "gguf" / f"{name}-{t}.gguf" for t in ("f16", "q8_0", "q4_k_m")}
-    if not (run / "merged" / "config.json").is_file() or not ggufs["q4_k_m"].is_file():
+    f16 = run / "gguf" / f"{name}-f16.gguf"
+    if not (run / "merged" / "config.json").is_file() or not f16.is_file():
         raise SystemExit(
-            f"{run}: needs merged/ and gguf/{name}-q4_k_m.gguf; run `make run` or "
+            f"{run}: needs merged/ and gguf/{name}-f16.gguf; run `make run` or "
             f"`specialize export {run}` first"
         )
     records = read_jsonl(run / "data" / "test.jsonl")
     records = records[: args.records] if args.records else records
-
     torch.set_num_threads(cpu_threads())
     tok = AutoTokenizer.from_pretrained(run / "merged")
     model = AutoModelForCausalLM.from_pretrained(run / "merged", dtype=torch.float32).eval()
     prompts = [render_prompt(r["messages"][:-1], tok, fmt) for r in records[: args.prompts]]
+    with tempfile.TemporaryDirectory(prefix="quantized-bench-") as tmp:
+        files = quantized_files(run, name, args.types.split(","), Path(tmp))
+        paths = {"f16": f16} | {k: Path(f["path"]) for k, f in files.items()}
+        print(f"speed: {args.new_tokens} new tokens x {len(prompts)} prompts x {args.repeats}")
+        speed: dict[str, Any] = {}
+        speed["hf_fp32"] = hf_tokens_per_s(model, prompts, args.new_tokens, args.repeats)
+        print(f"  HF float32 (PyTorch): {speed['hf_fp32']['tokens_per_s']:.1f} tokens/s")
+        for label, path in paths.items():
+            speed[label] = gguf_tokens_per_s(path, prompts, args.new_tokens, args.repeats)
+            print(f"  GGUF {label} (llama.cpp): {speed[label]['tokens_per_s']:.1f} tokens/s")
+        t0 = time.perf_counter()
+        quality = score(model, tok, paths, files, records, cfg, args.bootstrap)
+    result = summary(speed, quality, files, records, run, time.perf_counter() - t0)
+    print(table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
 
-    print(f"speed: {args.new_tokens} new tokens x {len(prompts)} prompts x {args.repeats} runs")
-    speed: dict[str, Any] = {}
-    speed["hf_fp32"] = hf_tokens_per_s(model, prompts, args.new_tokens, args.repeats)
-    print(f"  HF float32 (PyTorch): {speed['hf_fp32']['tokens_per_s']:.1f} tokens/s")
-    for t, path in ggufs.items():
-        if not path.is_file():
-            continue
-        speed[t] = gguf_tokens_per_s(path, prompts, args.new_tokens, args.repeats)
-        print(f"  GGUF {t.upper()} (llama.cpp): {speed[t]['tokens_per_s']:.1f} tokens/s")
 
-    print(f"quality: {len(records)} test records, token F1")
-    t0 = time.perf_counter()
-    max_new = int(cfg["eval"]["max_new_tokens"])
+def score(
+    model: Any,
+    tok: Any,
+    paths: dict[str, Path],
+    files: dict[str, Any],
+    records: list[Any],
+    cfg: dict[str, Any],
+    bootstrap: int,
+) -> dict[str, Any]:
+    """Token F1 of the float32 model and of every quantized file on the same records, and
+    each file's paired-bootstrap difference from float32."""
+    from functools import partial
+
+    from specialize.evaluate.compare import compare_variants
+    from specialize.evaluate.stage import EvalSettings, Variant, evaluate
+    from specialize.infer.llama_process import cpu_threads
+    from specialize.infer.llamacpp import LlamaCppBackend
+
+    print(f"quality: {len(records)} test records, token F1, {1 + len(files)} variants")
     settings = EvalSettings(
-        fmt=fmt, max_new_tokens=max_new, batch_size=int(cfg["eval"]["batch_size"]), loglik=False
+        fmt=cfg["chat"]["format"],
+        max_new_tokens=int(cfg["eval"]["max_new_tokens"]),
+        batch_size=int(cfg["eval"]["batch_size"]),
+        loglik=False,
     )
-    q4 = ggufs["q4_k_m"]
-    results = evaluate(
-        [
-            Variant("hf_fp32", model=model, tokenizer=tok),
-            Variant("q4_k_m", open_backend=lambda: LlamaCppBackend(q4, n_threads=cpu_threads())),
-        ],
-        records,
-        settings,
-    )
-    preds, metrics = results.predictions(), results.metrics()
-    comp = compare_variants(preds, [], args.bootstrap, 17)
-    d = comp["vs_reference"]["q4_k_m"]["f1"]
-    hf_tps, q4_tps = speed["hf_fp32"]["tokens_per_s"], speed["q4_k_m"]["tokens_per_s"]
-    result = {
+    variants = [Variant("hf_fp32", model=model, tokenizer=tok)]
+    variants += [
+        Variant(label, open_backend=partial(LlamaCppBackend, paths[label], n_threads=cpu_threads()))
+        for label in files
+    ]
+    results = evaluate(variants, records, settings)
+    metrics = results.metrics()
+    comp = compare_variants(results.predictions(), [], bootstrap, 17)["vs_reference"]
+    out = {"hf_fp32": {"f1": metrics["hf_fp32"]["f1"]}}
+    for label in files:
+        d = comp[label]["f1"]
+        out[label] = {
+            "f1": metrics[label]["f1"],
+            "delta_pp": 100 * d["delta"],
+            "ci95_pp": [100 * d["ci_low"], 100 * d["ci_high"]],
+        }
+    return out
+
+
+def summary(
+    speed: dict[str, Any],
+    quality: dict[str, Any],
+    files: dict[str, Any],
+    records: list[Any],
+    run: Path,
+    quality_s: float,
+) -> dict[str, Any]:
+    """The JSON: the shipped Q4_K_M (with the importance matrix) against float32 at the top,
+    then every type with and without the matrix."""
+    from specialize.infer.llama_process import cpu_threads
+    from specialize.runinfo import hardware, installed_stack
+
+    hf_tps = speed["hf_fp32"]["tokens_per_s"]
+    main = "q4_k_m+imatrix" if "q4_k_m+imatrix" in files else "q4_k_m"
+    per_type = {
+        label: {
+            "bytes": f["bytes"],
+            "bits_per_weight": f["bits_per_weight"],
+            "tokens_per_s": speed[label]["tokens_per_s"],
+            "speedup_vs_fp32": speed[label]["tokens_per_s"] / hf_tps,
+            **quality[label],
+        }
+        for label, f in files.items()
+    }
+    return {
         "hf_fp32_tokens_per_s": hf_tps,
-        "q4_k_m_tokens_per_s": q4_tps,
-        "ratio": q4_tps / hf_tps,
+        "q4_k_m_tokens_per_s": speed[main]["tokens_per_s"],
+        "ratio": speed[main]["tokens_per_s"] / hf_tps,
+        "q4_k_m_variant": main,
         "metric": "token F1 (SQuAD v1.1 normalisation), test split",
-        "hf_fp32_f1": metrics["hf_fp32"]["f1"],
-        "q4_k_m_f1": metrics["q4_k_m"]["f1"],
-        "metric_delta_pp": 100 * d["delta"],
-        "metric_delta_ci95_pp": [100 * d["ci_low"], 100 * d["ci_high"]],
+        "hf_fp32_f1": quality["hf_fp32"]["f1"],
+        "q4_k_m_f1": quality[main]["f1"],
+        "metric_delta_pp": quality[main]["delta_pp"],
+        "metric_delta_ci95_pp": quality[main]["ci95_pp"],
+        "types": per_type,
+        "f16_tokens_per_s": speed["f16"]["tokens_per_s"],
         "records": len(records),
-        "speed": speed,
-        "sizes_bytes": {
-            "merged_safetensors": sum(
-                p.stat().st_size for p in (run / "merged").glob("*.safetensors")
-            ),
-            **{f"gguf_{t}": p.stat().st_size for t, p in ggufs.items() if p.is_file()},
-        },
         "run": str(run),
-        "quality_wall_s": time.perf_counter() - t0,
+        "quality_wall_s": quality_s,
         "threads": cpu_threads(),
         # Which llama.cpp build was measured: the flags decide which kernels run.
         "llama_cpp_build": installed_stack().get("llama_cpp_build"),
         "cpu": hardware()["cpu"],
     }
-    print(
-        f"\nQ4_K_M {q4_tps:.1f} vs HF float32 {hf_tps:.1f} tokens/s: {result['ratio']:.2f}x; "
-        f"F1 {result['q4_k_m_f1']:.4f} vs {result['hf_fp32_f1']:.4f}: "
-        f"{result['metric_delta_pp']:+.2f} pp (95% CI [{result['metric_delta_ci95_pp'][0]:+.2f}, "
-        f"{result['metric_delta_ci95_pp'][1]:+.2f}])"
-    )
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
-    return 0
+
+
+def table(result: dict[str, Any]) -> str:
+    rows = [
+        f"float32 (PyTorch): {result['hf_fp32_tokens_per_s']:.1f} tokens/s, "
+        f"F1 {result['hf_fp32_f1']:.4f}",
+        "type              MB   bits/w  tokens/s  speedup   F1      delta pp  95% CI",
+    ]
+    for label, r in result["types"].items():
+        rows.append(
+            f"{label:15s} {r['bytes'] / 1e6:6.1f} {r['bits_per_weight']:7.2f} "
+            f"{r['tokens_per_s']:9.1f} {r['speedup_vs_fp32']:7.2f}x  {r['f1']:.4f} "
+            f"{r['delta_pp']:+8.2f}  [{r['ci95_pp'][0]:+.2f}, {r['ci95_pp'][1]:+.2f}]"
+        )
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":
