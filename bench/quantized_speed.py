@@ -1,27 +1,32 @@
-"""Edge cost and benefit: Q4_K_M in llama.cpp vs the float32 HF model, speed and quality.
+"""Edge cost and benefit: every quantized type in llama.cpp vs the float32 HF model.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/quantized_speed.py --json bench/quantized_speed.json
     HF_HUB_OFFLINE=1 .venv/bin/python bench/quantized_speed.py --run runs/space-qa --records 40
 
-Needs a finished run with a merged model and its GGUFs: ``make run`` (or ``specialize run``)
-writes ``runs/space-qa/`` with both; ``specialize export RUN`` adds the GGUFs to an older run.
-
-In one process, one after the other, on the same CPU threads:
+Needs a finished run with a merged model and its F16 GGUF: ``make run`` (or ``specialize
+run``) writes ``runs/space-qa/`` with both; ``specialize export RUN`` adds them to an older
+run. From the run's F16 file, every ``--types`` type is quantized into a temporary folder by
+``specialize.export.gguf.quantize``: once without and, for the K-quants, once with the run's
+importance matrix (``gguf/imatrix.dat``, computed from its training split if missing). Then,
+in one process, one after the other, on the same CPU threads:
 
 1. **speed**: greedy generation of ``--new-tokens`` tokens, one sequence, after each of the
    first ``--prompts`` test prompts; end-of-turn may not end a run early, so both engines do
-   the same work. The merged model runs in PyTorch float32 (``model.generate``), the
-   Q4_K_M file in llama.cpp (llama-cpp-python). Each engine is warmed up first; the figure
-   is the median tokens/s over ``--repeats`` runs per prompt, prefill included
-   (``specialize.export.speed``). Q8_0 and F16 are timed too when the run has them.
-2. **quality**: both answer the run's test records (``--records``, default all) greedily
-   with the run's ``eval.max_new_tokens``: the HF model through specialize's batched engine,
-   the GGUF through llama.cpp with its own chat template. Token F1 (SQuAD v1.1
-   normalisation) of each and the paired-bootstrap 95% CI of the difference.
+   the same work. The merged model runs in PyTorch float32 (``model.generate``), every GGUF
+   (F16 too) in llama.cpp (llama-cpp-python). Each engine is warmed up first; the figure is
+   the median tokens/s over ``--repeats`` runs per prompt, prefill included
+   (``specialize.export.speed``).
+2. **quality**: all answer the run's test records (``--records``, default all) greedily with
+   the run's ``eval.max_new_tokens``: the HF model through specialize's batched engine, each
+   GGUF through llama.cpp with its own chat template. Token F1 (SQuAD v1.1 normalisation) of
+   each and the paired-bootstrap 95% CI of its difference from float32.
 
-Prints both and ``--json PATH`` writes ``{"hf_fp32_tokens_per_s", "q4_k_m_tokens_per_s",
-"ratio", "metric_delta_pp", ...}`` where ``metric_delta_pp`` is (F1 of Q4_K_M - F1 of HF
-float32) x 100, in percentage points; negative means quantization cost quality.
+Prints a table and ``--json PATH`` writes ``{"hf_fp32_tokens_per_s", "q4_k_m_tokens_per_s",
+"ratio", "metric_delta_pp", "metric_delta_ci95_pp", "types": {label: {"bytes",
+"bits_per_weight", "tokens_per_s", "speedup_vs_fp32", "f1", "delta_pp", "ci95_pp"}}, ...}``.
+The top-level Q4_K_M figures are of the file a run ships (with the importance matrix);
+``metric_delta_pp`` is (F1 of that file - F1 of float32) x 100, in percentage points; negative
+means quantization cost quality.
 """
 
 from __future__ import annotations
