@@ -23,7 +23,9 @@ in one process, one after the other, on the same CPU threads:
 
 Prints a table and ``--json PATH`` writes ``{"hf_fp32_tokens_per_s", "q4_k_m_tokens_per_s",
 "ratio", "metric_delta_pp", "metric_delta_ci95_pp", "types": {label: {"bytes",
-"bits_per_weight", "tokens_per_s", "speedup_vs_fp32", "f1", "delta_pp", "ci95_pp"}}, ...}``.
+"bits_per_weight", "tokens_per_s", "speedup_vs_fp32", "f1", "delta_pp", "ci95_pp",
+"top1_agreement", "kl_mean"}}, ...}``: the last two are next-token agreement with float32
+over every position of 32 test conversations, much less noisy than greedy F1.
 The top-level Q4_K_M figures are of the file a run ships (with the importance matrix);
 ``metric_delta_pp`` is (F1 of that file - F1 of float32) x 100, in percentage points; negative
 means quantization cost quality.
@@ -117,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  GGUF {label} (llama.cpp): {speed[label]['tokens_per_s']:.1f} tokens/s")
         t0 = time.perf_counter()
         quality = score(model, tok, paths, files, records, cfg, args.bootstrap)
+        agreement(model, tok, fmt, paths, files, records, quality)
     result = summary(speed, quality, files, records, run, time.perf_counter() - t0)
     print(table(result))
     if args.json:
@@ -167,6 +170,28 @@ def score(
             "ci95_pp": [100 * d["ci_low"], 100 * d["ci_high"]],
         }
     return out
+
+
+def agreement(
+    model: Any,
+    tok: Any,
+    fmt: str,
+    paths: dict[str, Path],
+    files: dict[str, Any],
+    records: list[Any],
+    quality: dict[str, Any],
+) -> None:
+    """Next-token top-1 agreement and mean KL of each file against float32 over the first 32
+    test conversations (every position): far less noisy than greedy F1 on a few hundred
+    records, where one early token that flips changes a whole answer."""
+    from specialize.export.gguf import check_logits
+    from specialize.models.chat import render_conversation
+
+    texts = [render_conversation(r["messages"], tok, fmt).input_ids for r in records[:32]]
+    cache: dict[tuple[int, ...], Any] = {}
+    for label in files:
+        got = check_logits(model, paths[label], texts, min_top1=0.0, reference=cache)
+        quality[label] |= {"top1_agreement": got["top1_agreement"], "kl_mean": got["kl_mean"]}
 
 
 def summary(
@@ -220,13 +245,15 @@ def table(result: dict[str, Any]) -> str:
     rows = [
         f"float32 (PyTorch): {result['hf_fp32_tokens_per_s']:.1f} tokens/s, "
         f"F1 {result['hf_fp32_f1']:.4f}",
-        "type              MB   bits/w  tokens/s  speedup   F1      delta pp  95% CI",
+        "type              MB   bits/w  tokens/s  speedup   F1      delta pp  95% CI"
+        "            top-1   KL",
     ]
     for label, r in result["types"].items():
         rows.append(
             f"{label:15s} {r['bytes'] / 1e6:6.1f} {r['bits_per_weight']:7.2f} "
             f"{r['tokens_per_s']:9.1f} {r['speedup_vs_fp32']:7.2f}x  {r['f1']:.4f} "
             f"{r['delta_pp']:+8.2f}  [{r['ci95_pp'][0]:+.2f}, {r['ci95_pp'][1]:+.2f}]"
+            f"  {r['top1_agreement']:.3f}  {r['kl_mean']:.4f}"
         )
     return "\n".join(rows)
 

@@ -105,7 +105,9 @@ def _imatrix(
     model = AutoModelForCausalLM.from_pretrained(merged, dtype="float32").eval()
     result = im.compute_imatrix(model, rows, max_tokens=tokens, dataset=str(split.name))
     im.write_imatrix(result, path)
-    return result.values
+    # quantize with what the file holds, so a resumed export or `llama-quantize --imatrix`
+    # rounds exactly as this one (the file stores values x chunks, not bit-exact back)
+    return im.read_imatrix(path)
 
 
 def export_run(
