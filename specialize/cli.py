@@ -303,6 +303,22 @@ def _serve_parsers(sub: Any) -> None:
     tp.set_defaults(fn=cmd_task)
 
 
+def _export_parser(sub: Any) -> None:
+    sp = sub.add_parser("export", help="GGUF (F16 + quantized) from a run, with checks")
+    sp.add_argument("run_dir")
+    sp.add_argument(
+        "--types", default="q8_0,q4_k_m", help="quantized types (q8_0,q6_k,q5_k_m,q4_k_m)"
+    )
+    sp.add_argument(
+        "--imatrix-tokens",
+        type=int,
+        default=32768,
+        help="training tokens for the K-quants' importance matrix (0: none)",
+    )
+    sp.add_argument("--no-checks", action="store_true", help="skip the round-trip checks")
+    sp.set_defaults(fn=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="specialize", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -353,19 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fresh", action="store_true", help="discard answers saved by a stopped run")
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.set_defaults(fn=cmd_eval)
-    sp = sub.add_parser("export", help="GGUF (F16 + quantized) from a run, with checks")
-    sp.add_argument("run_dir")
-    sp.add_argument(
-        "--types", default="q8_0,q4_k_m", help="quantized types (q8_0,q6_k,q5_k_m,q4_k_m)"
-    )
-    sp.add_argument(
-        "--imatrix-tokens",
-        type=int,
-        default=32768,
-        help="training tokens for the K-quants' importance matrix (0: none)",
-    )
-    sp.add_argument("--no-checks", action="store_true", help="skip the round-trip checks")
-    sp.set_defaults(fn=cmd_export)
+    _export_parser(sub)
     sp = sub.add_parser("card", help="rewrite MODEL_CARD.md from a run directory")
     sp.add_argument("run_dir")
     sp.set_defaults(fn=cmd_card)
