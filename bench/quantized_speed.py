@@ -51,13 +51,13 @@ def quantized_files(run: Path, name: str, types: list[str], out: Path) -> dict[s
     """Every type quantized from the run's F16 file, without and (K-quants) with the run's
     importance matrix (``gguf/imatrix.dat``, computed from its training split if missing):
     label -> ``specialize.export.gguf.quantize`` facts."""
-    from specialize.export.export_run import _imatrix
+    from specialize.export.export_run import MergedModel, importance_matrix
     from specialize.export.gguf import quantize
     from specialize.io import read_json
 
     meta_path = run / "adapter" / "specialize.json"
     meta = read_json(meta_path) if meta_path.is_file() else {}
-    imatrix = _imatrix(run, run / "merged", meta, 32768, reuse=True)
+    imatrix = importance_matrix(run, MergedModel(run / "merged"), meta, 32768, reuse=True)
     f16 = run / "gguf" / f"{name}-f16.gguf"
     files = {}
     for t in types:

@@ -20,6 +20,7 @@ its final name.
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +69,31 @@ def _merged(run: Path, meta: dict[str, Any]) -> Path:
     return merged
 
 
-def _imatrix(
-    run: Path, merged: Path, meta: dict[str, Any], tokens: int, reuse: bool
+class MergedModel:
+    """The merged folder's tokenizer and float32 model, each loaded on first use and then
+    shared: the importance matrix and the round-trip checks read the same model."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.path)
+
+    @cached_property
+    def model(self) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(self.path, dtype="float32").eval()
+
+
+def importance_matrix(
+    run: Path, merged: MergedModel, meta: dict[str, Any], tokens: int, reuse: bool
 ) -> dict[str, Any]:
     """The importance matrix of ``gguf/imatrix.dat``: reused when resuming, else computed
     from the first ``tokens`` tokens of ``data/train.jsonl`` through the merged model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from specialize.export.gguf import imatrix as im
     from specialize.models.chat import render_conversation
 
@@ -89,7 +108,7 @@ def _imatrix(
             "(set export.imatrix_tokens: 0 to quantize without one)",
             path=run,
         )
-    tok = AutoTokenizer.from_pretrained(merged)
+    tok = merged.tokenizer
     fmt = meta.get("chat_format", "chatml")
     rows, total = [], 0
     for r in records:
@@ -102,8 +121,7 @@ def _imatrix(
         rows.append(ids)
         total += len(ids)
     log.info("GGUF: importance matrix from %d training tokens", min(total, tokens))
-    model = AutoModelForCausalLM.from_pretrained(merged, dtype="float32").eval()
-    result = im.compute_imatrix(model, rows, max_tokens=tokens, dataset=str(split.name))
+    result = im.compute_imatrix(merged.model, rows, max_tokens=tokens, dataset=str(split.name))
     im.write_imatrix(result, path)
     # quantize with what the file holds, so a resumed export or `llama-quantize --imatrix`
     # rounds exactly as this one (the file stores values x chunks, not bit-exact back)
@@ -130,7 +148,7 @@ def export_run(
         raise SpecializeError("not a run with an adapter (adapter/adapter_config.json)", path=run)
     meta_path = run / "adapter" / "specialize.json"
     meta = read_json(meta_path) if meta_path.is_file() else {}
-    merged = _merged(run, meta)
+    merged = MergedModel(_merged(run, meta))
     out = run / "gguf"
     name = name or run.name
     facts = run / "export" / "gguf_files.json"
@@ -139,7 +157,7 @@ def export_run(
     f16 = out / f"{name}-f16.gguf"
     imatrix = None
     if imatrix_tokens and any("_k" in t for t in types):
-        imatrix = _imatrix(run, merged, meta, imatrix_tokens, reuse)
+        imatrix = importance_matrix(run, merged, meta, imatrix_tokens, reuse)
     else:  # a matrix of an earlier export would suggest these files used it
         (out / "imatrix.dat").unlink(missing_ok=True)
     for t in ("f16", *types):
@@ -149,8 +167,8 @@ def export_run(
             log.info("GGUF: %s reused from the interrupted run", path.name)
             continue
         if t == "f16":
-            log.info("GGUF: converting %s -> %s", merged, f16)
-            files[t] = g.convert_to_gguf(merged, f16, "f16")
+            log.info("GGUF: converting %s -> %s", merged.path, f16)
+            files[t] = g.convert_to_gguf(merged.path, f16, "f16")
             files[t]["bits_per_weight"] = files[t]["bytes"] * 8 / max(1, files[t]["params"])
         else:
             log.info("GGUF: quantizing to %s", t.upper())
@@ -162,7 +180,7 @@ def export_run(
         sizes |= {"base": weight_bytes(base_files), "base_path": str(base_files)}
     sizes |= {
         "adapter": _folder_bytes(run / "adapter"),
-        "merged": weight_bytes(merged),
+        "merged": weight_bytes(merged.path),
         "gguf": {
             t: {k: f[k] for k in ("bytes", "bits_per_weight") if k in f} for t, f in files.items()
         },
@@ -182,18 +200,17 @@ def export_run(
     return report
 
 
-def _checks(run: Path, merged: Path, files: dict[str, Any], n: int, fmt: str) -> dict[str, Any]:
+def _checks(
+    run: Path, merged: MergedModel, files: dict[str, Any], n: int, fmt: str
+) -> dict[str, Any]:
     """Template and stop check on the F16 file; logits on up to ``LOGIT_TEXTS`` held-out
     conversations and greedy answers on ``n`` prompts for every file. A CPT run has documents,
     not conversations: logits on their first ``DOC_TOKENS`` tokens, greedy continuations of
     their first quarter, and no template check (it trained none)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from specialize.export import gguf as g
     from specialize.models.chat import render_conversation
 
-    tok = AutoTokenizer.from_pretrained(merged)
-    model = AutoModelForCausalLM.from_pretrained(merged, dtype="float32").eval()
+    tok, model = merged.tokenizer, merged.model
     split = run / "data" / "test.jsonl"
     if not split.is_file():
         split = run / "data" / "validation.jsonl"
