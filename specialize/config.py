@@ -625,6 +625,32 @@ class ExportConfig(Section):
         "activations weight the K-quants' rounding (an importance matrix, written to "
         "gguf/imatrix.dat in llama.cpp's format); 0: quantize without one.",
     )
+    quality_budget_pp: float = Field(
+        2.0,
+        gt=0,
+        le=100,
+        description="Quality budget of the shipped GGUF: the run picks the smallest quantized "
+        "file whose loss on export.quality_metric against the tuned model is at most this "
+        "many percentage points (point estimate; the card says when the 95% CI spans the "
+        "budget) and names it in export/pick.json and the card; F16 when none is within it.",
+    )
+    quality_metric: (
+        Literal[
+            "f1",
+            "exact_match",
+            "bertscore_f1",
+            "accuracy",
+            "loglik_accuracy",
+            "schema_valid",
+            "field_f1",
+            "index_accuracy",
+        ]
+        | None
+    ) = Field(  # fmt: skip
+        None,
+        description="Metric of the quality budget (a share in [0, 1]); default: token F1, "
+        "else the first of these the evaluation computed.",
+    )
     gguf_eval: bool = Field(
         True,
         description="Evaluate each quantized GGUF on the evaluation split through llama.cpp; "

@@ -48,6 +48,7 @@ log = logging.getLogger("specialize")
 def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool = False) -> Path:
     """Run every stage of the config; returns the finished run directory."""
     from specialize.evaluate.compare import write_run_comparisons
+    from specialize.export.pick import write_pick
 
     rundir = RunDir(cfg.run_dir())
     rundir.check_free(force)
@@ -77,6 +78,8 @@ def run(cfg: RunConfig, force: bool = False, progress: bool = True, resume: bool
         if gguf_skip is None:
             results.add(_edge(ctx, ev))
         comparisons = write_run_comparisons(stage / "eval", results, ev.settings)
+        if "compare_gguf" in comparisons:
+            write_pick(stage, cfg.export.quality_budget_pp, cfg.export.quality_metric)
         _charts(stage, results, comparisons)
         finish(ctx)
     return rundir.final

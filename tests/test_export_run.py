@@ -52,6 +52,11 @@ def test_run_exports_checks_times_and_evaluates_each_gguf(run_dir):
     assert "| GGUF Q4_K_M (llama.cpp) | `gguf/tiny-q4_k_m.gguf` |" in card
     assert "ollama create tiny" in card
     assert "Q4_K_M rounded with an importance matrix" in card
+    pick = json.loads((run_dir / "export" / "pick.json").read_text())
+    within = [c["type"] for c in pick["candidates"] if c["within"]]  # smallest first
+    assert pick["type"] == (within[0] if within else "f16") and pick["metric"] == "f1"
+    assert f"**File to ship: `gguf/{pick['file']}`**" in card
+    assert f"llama-server -m gguf/{pick['file']}" in card
     timings = json.loads((run_dir / "timings.json").read_text())
     assert "gguf" in timings["stages_s"]
 

@@ -457,9 +457,47 @@ def edge_section(run: Path, name: str) -> list[str]:
         ]
     if checks:
         L += _edge_checks(checks)
+    pick = _load(run, "export/pick.json")
+    if pick:
+        L += _edge_pick(pick)
     if sizes.get("gguf"):
-        L += _edge_how_to_run(list(sizes["gguf"]), bool(checks and checks.get("template")), name)
+        ship = pick["file"] if pick else f"{name}-{list(sizes['gguf'])[-1]}.gguf"
+        L += _edge_how_to_run(ship, bool(checks and checks.get("template")), name)
     return L + [""]
+
+
+def _edge_pick(pick: dict[str, Any]) -> list[str]:
+    """The file to ship under the quality budget, every candidate's loss, and how sure."""
+    metric, budget = pick["metric"], pick["budget_pp"]
+    L = [
+        "",
+        f"**File to ship: `gguf/{pick['file']}`** ({_mb(pick['bytes'])}), the smallest "
+        f"file whose {metric} lost at most {budget:g} pp against the tuned model "
+        f"(`export.quality_budget_pp`; `export/pick.json`).",
+        "",
+        f"| GGUF | size | {metric} delta vs tuned, pp (95% CI) | within {budget:g} pp |",
+        "|---|---:|---|---|",
+    ]
+    for c in pick["candidates"]:
+        lo, hi = c["ci_pp"]
+        verdict = (
+            ("yes" if c["ci_within"] else "yes (the CI spans the budget)") if c["within"] else "no"
+        )
+        L.append(
+            f"| {c['type'].upper()} | {_mb(c['bytes'])} | {c['delta_pp']:+.2f} "
+            f"[{lo:+.2f}, {hi:+.2f}] | {verdict} |"
+        )
+    chosen = next((c for c in pick["candidates"] if c["type"] == pick["type"]), None)
+    if chosen is None:
+        L += ["", "No quantized file was within the budget, so the F16 file is the one to ship."]
+    elif not chosen["ci_within"]:
+        L += [
+            "",
+            f"The pick rests on the point estimate: on {pick['n']} records the 95% CI of "
+            f"{chosen['type'].upper()}'s delta reaches {chosen['ci_pp'][0]:+.2f} pp, beyond "
+            "the budget, so a loss larger than the budget is not ruled out.",
+        ]
+    return L
 
 
 def _edge_table(sizes: dict[str, Any], speed: dict[str, Any], name: str) -> list[str]:
@@ -552,8 +590,7 @@ def _edge_checks(checks: dict[str, Any]) -> list[str]:
     ]
 
 
-def _edge_how_to_run(types: list[str], chat: bool, name: str) -> list[str]:
-    small = f"{name}-{types[-1]}.gguf"
+def _edge_how_to_run(small: str, chat: bool, name: str) -> list[str]:
     return [
         "",
         "Run it with llama.cpp or Ollama (the chat template and stop token are in the file):",
