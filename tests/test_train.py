@@ -50,6 +50,67 @@ def test_masked_loss_equals_full_logits_cross_entropy(tiny):
     assert int(counts.sum()) == int((batch["labels"][:, 1:] != -100).sum())
 
 
+def test_target_cross_entropy_keeps_no_logits_and_gives_autograd_gradients(tiny, monkeypatch):
+    """A frozen head takes TargetCrossEntropy (gradients precomputed in the forward pass);
+    losses and the adapter's gradients equal plain autograd through the logits, also under
+    a per-row upstream gradient like the loop's (loss sums divided by token counts)."""
+    from specialize.train import loss as loss_mod
+
+    model, tok = tiny
+    lora = LoraConfig(r=4, alpha=8, dropout=0.0, targets="all-linear")
+    peft_model, _ = apply_lora(model, lora, 0)
+    nonzero_lora_b(peft_model)
+    batch = collate(examples(tok, 4), tok.pad_token_id)
+    trained = [p for p in peft_model.parameters() if p.requires_grad]
+
+    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        peft_model.zero_grad()
+        sums, _ = MaskedCausalLMLoss(peft_model, chunk_rows=7)(**batch)
+        (sums * torch.tensor([1.0, 0.5, 2.0, 0.25])).sum().backward()
+        return sums.detach(), [p.grad.clone() for p in trained]
+
+    assert loss_mod._frozen_linear(peft_model.get_output_embeddings())  # the fused path
+    fused, fused_grads = run()
+    monkeypatch.setattr(loss_mod, "_frozen_linear", lambda head: False)
+    ref, ref_grads = run()
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(fused_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_mlp_matches_autograd_and_keeps_one_tensor_less():
+    from specialize.train.fused_mlp import SiluMul
+
+    g = torch.Generator().manual_seed(0)
+    gate = torch.randn(5, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    up = torch.randn(5, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(SiluMul.apply, (gate, up))
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        SiluMul.apply(gate, up)
+    assert len(saved) == 2  # autograd's silu-then-multiply keeps three
+
+
+def test_fused_mlp_is_enabled_on_the_tiny_llama_with_equal_gradients(tiny_llama):
+    from specialize.train import fused_mlp
+
+    def grads(fused: bool) -> tuple[int, list[torch.Tensor]]:
+        model, tok = load_model(resolve(str(tiny_llama))), load_tokenizer(resolve(str(tiny_llama)))
+        peft_model, _ = apply_lora(model, LoraConfig(r=4, dropout=0.0), 0)
+        nonzero_lora_b(peft_model)
+        n = fused_mlp.enable(peft_model) if fused else 0
+        batch = collate(examples(tok, 3), tok.pad_token_id)
+        out = peft_model(**batch)
+        out.loss.backward()
+        return n, [p.grad for p in peft_model.parameters() if p.requires_grad]
+
+    n, fused = grads(True)
+    _, plain = grads(False)
+    assert n == load_model(resolve(str(tiny_llama))).config.num_hidden_layers
+    for a, b in zip(fused, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_targets_resolve_presets_and_reject_unknown(tiny):
     model, _ = tiny
     att = resolve_targets(model, "attention")

@@ -18,12 +18,52 @@ import torch.nn.functional as F
 from torch import nn
 
 from specialize.data.batches import IGNORE
-from specialize.train import segment_attention
+from specialize.train import fused_mlp, segment_attention
 
 
 def _backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return getattr(base, base.base_model_prefix), base.get_output_embeddings()
+
+
+def _frozen_linear(head: nn.Module) -> bool:
+    """A plain output projection without bias whose weight is not trained (LoRA on the head,
+    or a trained head, take the autograd path: they need the logits' gradient)."""
+    return type(head) is nn.Linear and head.bias is None and not head.weight.requires_grad
+
+
+class TargetCrossEntropy(torch.autograd.Function):
+    """Per-token cross-entropy of ``h @ weight.T`` whose backward keeps no logits.
+
+    Autograd would save every chunk's vocabulary-wide log-softmax (49k floats per target
+    token: 160 MB for 800 targets) until the backward pass, plus as much again for its
+    gradient. Each token's loss depends only on its own hidden state, so the forward pass
+    computes d loss_i / d h_i = (softmax_i - onehot_i) @ weight chunk by chunk and keeps only
+    that (hidden-size floats per token); the backward pass scales it by the incoming
+    per-token gradient. The frozen weight gets no gradient. The matmuls are the ones the
+    autograd backward would run, so this costs no extra time."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, chunk: int
+    ) -> torch.Tensor:
+        losses, grads = [], []
+        for s in range(0, h.shape[0], chunk):
+            logits = (h[s : s + chunk] @ weight.t()).float()
+            target = y[s : s + chunk, None]
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+            losses.append((lse - logits.gather(1, target)).squeeze(1))
+            probs = logits.sub_(lse).exp_()  # in place: the chunk's logits are done with
+            probs.scatter_add_(1, target, torch.full_like(target, -1.0, dtype=probs.dtype))
+            grads.append(probs.to(weight.dtype) @ weight)
+        ctx.save_for_backward(torch.cat(grads))
+        ctx.h_dtype = h.dtype
+        return torch.cat(losses)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        (dh,) = ctx.saved_tensors
+        return (dh * grad[:, None].to(dh.dtype)).to(ctx.h_dtype), None, None, None
 
 
 class MaskedCausalLMLoss(nn.Module):
@@ -35,6 +75,7 @@ class MaskedCausalLMLoss(nn.Module):
         self.chunk_rows = chunk_rows
         # packed rows attend per example instead of through a block-diagonal mask
         self.segmented = segment_attention.enable(model)
+        fused_mlp.enable(model)  # the MLPs keep 3 of 4 intermediate tensors for backward
 
     def forward(
         self,
@@ -62,9 +103,12 @@ class MaskedCausalLMLoss(nn.Module):
         h = hidden[:, :-1][keep]
         y = targets[keep]
         losses = []
-        for s in range(0, h.shape[0], self.chunk_rows):
-            logits = head(h[s : s + self.chunk_rows]).float()
-            losses.append(F.cross_entropy(logits, y[s : s + self.chunk_rows], reduction="none"))
+        if _frozen_linear(head) and h.requires_grad and h.shape[0]:
+            losses.append(TargetCrossEntropy.apply(h, head.weight, y, self.chunk_rows))
+        else:
+            for s in range(0, h.shape[0], self.chunk_rows):
+                logits = head(h[s : s + self.chunk_rows]).float()
+                losses.append(F.cross_entropy(logits, y[s : s + self.chunk_rows], reduction="none"))
         per_row = hidden.new_zeros(input_ids.shape[0], dtype=torch.float32)
         if losses:
             per_row = per_row.index_add(0, rows, torch.cat(losses))
