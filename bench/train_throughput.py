@@ -138,12 +138,16 @@ def render_examples(records: list, tokenizer: Any, max_len: int) -> list:
 # ------------------------------------------------------------------------------ measurements
 
 
-def bf16_peak_gflops(device: str, size: int = 2048, seconds: float = 2.0) -> float:
-    """Best bf16 matmul rate (GFLOP/s) over ~``seconds`` of ``size`` x ``size`` products."""
+def matmul_peak_gflops(
+    device: str, precision: str, size: int = 2048, seconds: float = 2.0
+) -> float:
+    """Best matmul rate (GFLOP/s) in the precision the systems train in (``bf16`` or
+    ``fp32``) over ~``seconds`` of ``size`` x ``size`` products: the MFU's denominator."""
     import torch
 
-    a = torch.randn(size, size, device=device).to(torch.bfloat16)
-    b = torch.randn(size, size, device=device).to(torch.bfloat16)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
 
     def sync() -> None:
         if device == "cuda":
@@ -245,21 +249,26 @@ def run_specialize(settings: dict[str, Any]) -> dict[str, Any]:
             if -(-len(train) // batch) >= steps:
                 row_len = length
                 break
-        layout = f"packed rows of <= {row_len} tokens, {batch} rows per step"
+        micro = max(1, min(settings["specialize_micro_rows"], batch))
+        layout = (
+            f"packed rows of <= {row_len} tokens, {batch} rows per step "
+            f"({micro} per micro-batch x {batch // micro} accumulation)"
+        )
     else:
         train, batch = examples, settings["batch"]
+        micro = batch
         layout = f"length-grouped batches of {batch} conversations (dynamic padding)"
     cfg = TrainConfig(
         epochs=settings["epochs"],
-        batch_size=batch,
-        grad_accum=1,
+        batch_size=micro,
+        grad_accum=batch // micro,
         lr=settings["lr"],
         scheduler="cosine",
         warmup_ratio=settings["warmup_ratio"],
         weight_decay=0.0,
         max_grad_norm=1.0,
         seed=settings["seed"],
-        mixed_precision="bf16",
+        mixed_precision="bf16" if settings["precision"] == "bf16" else "no",
         eval_every=10**9,
         log_every=10**9,
     )
@@ -276,7 +285,9 @@ def run_specialize(settings: dict[str, Any]) -> dict[str, Any]:
         "final_loss": common_final_loss(peft_model, eval_examples, tokenizer.pad_token_id),
         "trainable_params": sum(p.numel() for p in peft_model.parameters() if p.requires_grad),
         "n_nonembedding": n_ne,
-        "layout": layout + "; bf16 autocast; no gradient checkpointing",
+        "layout": layout
+        + ("; bf16 autocast" if settings["precision"] == "bf16" else "; float32")
+        + "; no gradient checkpointing",
     }
 
 
@@ -294,7 +305,7 @@ def _hf_common(settings: dict[str, Any], micro: int, accum: int, out_dir: str) -
         "weight_decay": 0.0,
         "max_grad_norm": 1.0,
         "optim": "adamw_torch",
-        "bf16": True,
+        "bf16": settings["precision"] == "bf16",
         # TRL's SFTConfig turns checkpointing on by default; it only costs time here.
         "activation_checkpointing": False,
         "logging_steps": 1,
@@ -378,7 +389,8 @@ def run_trl(settings: dict[str, Any]) -> dict[str, Any]:
         "final_loss": common_final_loss(peft_model, eval_examples, tokenizer.pad_token_id),
         "trainable_params": sum(p.numel() for p in peft_model.parameters() if p.requires_grad),
         "n_nonembedding": n_ne,
-        "layout": f"{layout}; bf16; gradient checkpointing {'on' if checkpointing else 'off'}; "
+        "layout": f"{layout}; {settings['precision']}; "
+        f"gradient checkpointing {'on' if checkpointing else 'off'}; "
         "completion-only loss",
     }
 
@@ -426,7 +438,7 @@ def run_hf_trainer_padded(settings: dict[str, Any]) -> dict[str, Any]:
         "trainable_params": sum(p.numel() for p in peft_model.parameters() if p.requires_grad),
         "n_nonembedding": n_ne,
         "layout": f"every row padded to {width} tokens, {micro} rows x {accum} accumulation; "
-        "bf16; no gradient checkpointing; full-vocabulary logits",
+        f"{settings['precision']}; no gradient checkpointing; full-vocabulary logits",
     }
 
 
@@ -531,12 +543,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="ROW_LEN",
         help="specialize: pack into rows of ROW_LEN tokens (0: length-grouped batches)",
     )
+    p.add_argument(
+        "--specialize-micro-rows",
+        type=int,
+        default=1,
+        help="specialize: packed rows per micro-batch (the step's rows are accumulated; "
+        "fewer rows per forward pass hold fewer saved activations)",
+    )
     p.add_argument("--trl-mode", choices=("padding_free", "packing"), default="padding_free")
     p.add_argument(
         "--trl-micro-batch", type=int, default=4, help="TRL padding_free: conversations flattened"
     )
     p.add_argument("--hf-micro-batch", type=int, default=2, help="padded rows per micro-batch")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset, in order")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="what every system trains in; auto: bf16 where this CPU runs it faster than "
+        "float32 (specialize's own train.mixed_precision: auto test), else fp32",
+    )
     p.add_argument("--json", type=Path, help="write the results to this file")
     p.add_argument(
         "--smoke",
@@ -572,11 +598,20 @@ def main(argv: list[str] | None = None) -> int:
         "max_len": args.max_len,
         "eval_records": min(args.eval_records, args.records),
         "specialize_pack": args.specialize_pack,
+        "specialize_micro_rows": args.specialize_micro_rows,
         "trl_mode": args.trl_mode,
         "trl_micro_batch": args.trl_micro_batch,
         "hf_micro_batch": args.hf_micro_batch,
+        "precision": args.precision,
     }
     import torch
+
+    from specialize.train.precision import resolve
+
+    if args.precision == "auto":
+        chosen = resolve("auto")
+        settings["precision"] = "bf16" if chosen.used == "bf16" else "fp32"
+        print(f"precision: {settings['precision']} ({chosen.why})", flush=True)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     data = data_summary(settings)
@@ -591,11 +626,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"training: {args.epochs:g} epoch(s), {args.batch} conversations per optimizer step, "
         f"lr {args.lr:g} cosine, warmup {args.warmup_ratio:g}, LoRA r={args.lora_r} "
-        f"all-linear, bf16, {torch.get_num_threads()} torch threads on {device}",
+        f"all-linear, {settings['precision']}, {torch.get_num_threads()} torch threads on {device}",
         flush=True,
     )
-    peak = bf16_peak_gflops(device)
-    print(f"bf16 matmul peak (2048x2048, best of ~2 s): {peak:.1f} GFLOP/s", flush=True)
+    peak = matmul_peak_gflops(device, settings["precision"])
+    print(
+        f"{settings['precision']} matmul peak (2048x2048, best of ~2 s): {peak:.1f} GFLOP/s",
+        flush=True,
+    )
     results: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}
     for i, name in enumerate(systems, 1):
@@ -648,7 +686,8 @@ def main(argv: list[str] | None = None) -> int:
                 for name, r in results.items()
             },
             "mfu": results["specialize"]["mfu"] if "specialize" in results else None,
-            "bf16_peak_gflops": peak,
+            "precision": settings["precision"],
+            "matmul_peak_gflops": peak,
             "model_flops_per_token": 4 * n_ne,
             "ratios": ratios,
             "data": data,
