@@ -111,6 +111,33 @@ def test_fused_mlp_is_enabled_on_the_tiny_llama_with_equal_gradients(tiny_llama)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
+def test_fused_lora_matches_peft_outputs_and_gradients(tiny_llama):
+    from specialize.train import fused_lora
+
+    def run(fused: bool) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        src = resolve(str(tiny_llama))
+        model, tok = load_model(src), load_tokenizer(src)
+        lora = LoraConfig(r=4, alpha=8, dropout=0.0, targets="all-linear")
+        peft_model, _ = apply_lora(model, lora, 0)
+        nonzero_lora_b(peft_model)
+        n = fused_lora.enable(peft_model) if fused else 0
+        batch = collate(examples(tok, 3), tok.pad_token_id)
+        out = peft_model(**batch)
+        out.loss.backward()
+        grads = [p.grad for p in peft_model.parameters() if p.requires_grad]
+        with peft_model.disable_adapter(), torch.no_grad():  # PEFT's own path when fused
+            off = peft_model(**batch).logits
+        return torch.stack([out.logits.detach(), off]), grads, n
+
+    fused, fused_grads, n = run(True)
+    plain, plain_grads, _ = run(False)
+    assert n == 7 * load_model(resolve(str(tiny_llama))).config.num_hidden_layers
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(fused[0], fused[1])  # the adapter changes the logits
+    for a, b in zip(fused_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_targets_resolve_presets_and_reject_unknown(tiny):
     model, _ = tiny
     att = resolve_targets(model, "attention")
@@ -154,8 +181,13 @@ def test_one_step_moves_adapter_and_freezes_base(tiny):
     assert all(not torch.equal(after[n], lora_before[n]) for n in lora_b)
 
 
-def test_accumulation_matches_big_batch(tiny_llama):
-    """batch 8 x accumulation 1 == batch 1 x accumulation 8 (token-weighted loss)."""
+def test_accumulation_matches_big_batch(tiny_llama, monkeypatch):
+    """batch 8 x accumulation 1 == batch 1 x accumulation 8 (token-weighted loss); the heap
+    is trimmed before every micro-batch unless train.trim_heap is false."""
+    from specialize.train import heap
+
+    trims: list[int] = []
+    monkeypatch.setattr(heap, "trim", lambda: trims.append(1) or True)
     grads, losses = [], []
     for bs, acc in ((8, 1), (1, 8)):
         src = resolve(str(tiny_llama))
@@ -175,6 +207,10 @@ def test_accumulation_matches_big_batch(tiny_llama):
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7)
+    assert len(trims) == 1 + 8
+    state.trim_heap = False
+    loop.accumulate_gradients(state, [collate(ex[:1], tok.pad_token_id)])
+    assert len(trims) == 9
 
 
 def test_early_stopping_restores_best_adapter(tiny):
@@ -239,3 +275,14 @@ def test_merge_tolerance_scales_with_the_prompts_largest_logit():
     assert worst_excess([torch.tensor([25.0, 0.5 + 1.2e-4])], ref, 1e-4, 1e-5) <= 0
     assert worst_excess([torch.tensor([25.0, 0.5 + 5e-4])], ref, 1e-4, 1e-5) > 0
     assert worst_excess([torch.tensor([25.0, 0.5 + 2e-4])], ref, 1e-4, 0.0) > 0
+
+
+def test_heap_trim_is_glibc_malloc_trim_here():
+    import platform
+
+    from specialize.train import heap
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc_trim is glibc's; elsewhere heap.trim() is a no-op")
+    assert heap._malloc_trim() is not None
+    assert isinstance(heap.trim(), bool)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from specialize.config import TrainConfig
 from specialize.data.batches import IGNORE, Example, collate, length_grouped_batches
+from specialize.train import heap
 from specialize.train.checkpoint import (
     complete_checkpoints,
     load_checkpoint,
@@ -57,6 +58,7 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     next_group: int = 0  # index of the next optimizer step within the epoch
+    trim_heap: bool = True  # train.trim_heap: heap.trim() before each micro-batch
     best: dict[str, Any] = field(default_factory=dict)
     history: dict[str, Any] = field(default_factory=lambda: {"train": [], "validation": []})
     checkpoint_dir: Path | None = None
@@ -140,6 +142,7 @@ def setup(
         checkpoint_dir=checkpoint_dir,
         fingerprint=fingerprint,
         precision=precision.as_dict(),
+        trim_heap=cfg.trim_heap,
     )
     return state
 
@@ -236,6 +239,8 @@ def accumulate_gradients(
     n_total = float(acc.reduce(torch.tensor(float(local), device=acc.device), "sum"))
     step_loss = 0.0
     for i, b in enumerate(batches):
+        if state.trim_heap:
+            heap.trim()  # the last micro-batch's freed activations back to the system
         ctx = acc.no_sync(state.loss_module) if i < len(batches) - 1 else _nullcontext()
         with ctx:
             sums, _ = state.loss_module(**b)

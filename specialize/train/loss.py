@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specialize.data.batches import IGNORE
-from specialize.train import fused_mlp, segment_attention
+from specialize.train import fused_lora, fused_mlp, segment_attention
 
 
 def _backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -76,6 +76,7 @@ class MaskedCausalLMLoss(nn.Module):
         # packed rows attend per example instead of through a block-diagonal mask
         self.segmented = segment_attention.enable(model)
         fused_mlp.enable(model)  # the MLPs keep 3 of 4 intermediate tensors for backward
+        fused_lora.enable(model)  # LoRA's update added inside one addmm
 
     def forward(
         self,
