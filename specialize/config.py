@@ -588,6 +588,20 @@ class EvalConfig(Section):
     )
 
 
+# Metrics that are shares in [0, 1], so a loss in percentage points means something (judge
+# scores are 1-5 and perplexity is unbounded); in the order export/pick.py prefers them.
+ShareMetric = Literal[
+    "f1",
+    "exact_match",
+    "bertscore_f1",
+    "accuracy",
+    "loglik_accuracy",
+    "schema_valid",
+    "field_f1",
+    "index_accuracy",
+]
+
+
 class ExportConfig(Section):
     merge: bool = Field(True, description="Save the merged model (LoRA folded in) as HF folder.")
     merged_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
@@ -640,19 +654,7 @@ class ExportConfig(Section):
         "many percentage points (point estimate; the card says when the 95% CI spans the "
         "budget) and names it in export/pick.json and the card; F16 when none is within it.",
     )
-    quality_metric: (
-        Literal[
-            "f1",
-            "exact_match",
-            "bertscore_f1",
-            "accuracy",
-            "loglik_accuracy",
-            "schema_valid",
-            "field_f1",
-            "index_accuracy",
-        ]
-        | None
-    ) = Field(  # fmt: skip
+    quality_metric: ShareMetric | None = Field(
         None,
         description="Metric of the quality budget (a share in [0, 1]); default: token F1, "
         "else the first of these the evaluation computed.",

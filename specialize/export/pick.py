@@ -19,25 +19,15 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from specialize.config import ShareMetric
 from specialize.errors import SpecializeError
 from specialize.io import read_json, write_json
 
 log = logging.getLogger("specialize")
 
-# Metrics that are shares in [0, 1], so a loss in percentage points means something
-# (judge scores are 1-5 and perplexity is unbounded: not budgetable in pp).
-SHARE_METRICS = (
-    "f1",
-    "exact_match",
-    "bertscore_f1",
-    "accuracy",
-    "loglik_accuracy",
-    "schema_valid",
-    "field_f1",
-    "index_accuracy",
-)
+SHARE_METRICS: tuple[str, ...] = get_args(ShareMetric)  # the budget's metrics, preferred first
 EDGE = 1e-9  # a loss of exactly the budget is within it (100 x 0.041 is 4.1000000000000005)
 
 
@@ -126,12 +116,12 @@ def pick_file(
         )
     candidates.sort(key=lambda c: c.bytes)
     best = next((c for c in candidates if c.within), None)
-    if best is None and "f16" not in files:
+    if best is not None:
+        chosen = (best.type, best.file, best.bytes)
+    elif "f16" in files:
+        chosen = ("f16", Path(files["f16"]["path"]).name, int(files["f16"]["bytes"]))
+    else:
         raise SpecializeError("no F16 GGUF to fall back on", field="export.quality_budget_pp")
-    chosen = (best.type, best.file, best.bytes) if best else None
-    if chosen is None:
-        f16 = files["f16"]
-        chosen = ("f16", Path(f16["path"]).name, int(f16["bytes"]))
     return Pick(*chosen, metric, budget_pp, int(compare_gguf["n"]), candidates)
 
 
@@ -166,8 +156,3 @@ def write_pick(run: Path, budget_pp: float, metric: str | None) -> Pick | None:
             "" if c.ci_within else "; the CI spans the budget",
         )
     return pick
-
-
-def read_pick(run: Path) -> dict[str, Any] | None:
-    path = run / "export" / "pick.json"
-    return read_json(path) if path.is_file() else None
